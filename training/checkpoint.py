@@ -1,0 +1,97 @@
+"""Atomic checkpoints and model files.
+
+- :func:`save_atomic` writes to a temporary file in the same directory, fsyncs it and renames it over
+  the target, so a killed job leaves either the old or the new checkpoint, never a torn one.
+- :func:`load` reads with ``weights_only=True`` (no code from the file is ever executed).
+- :func:`rng_state` / :func:`set_rng_state` capture every random generator a training step uses, so
+  ``--resume`` continues exactly where a killed run stopped.
+- :func:`load_acoustic_model` rebuilds an inference model from a ``model.pt`` (float training output)
+  or from a packed ``.safetensors`` export.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+
+def save_atomic(obj: Dict[str, Any], path) -> None:
+    """torch.save ``obj`` to ``path`` atomically (tmp file + fsync + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path, map_location="cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_atomic`; never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def rng_state() -> Dict[str, Any]:
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy": _np_state_to_plain(np.random.get_state()),
+        "python": _py_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: Dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(_plain_to_np_state(st["numpy"]))
+    random.setstate(_plain_to_py_state(st["python"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _np_state_to_plain(s):
+    return {"name": s[0], "keys": torch.from_numpy(np.asarray(s[1], dtype=np.int64)), "pos": int(s[2]),
+            "has_gauss": int(s[3]), "gauss": float(s[4])}
+
+
+def _plain_to_np_state(d):
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"])
+
+
+def _py_state_to_plain(s):
+    return {"version": s[0], "state": torch.tensor(s[1], dtype=torch.int64), "gauss": s[2]}
+
+
+def _plain_to_py_state(d):
+    return (d["version"], tuple(int(x) for x in d["state"].tolist()), d["gauss"])
+
+
+def load_acoustic_model(path, device="cpu"):
+    """An inference model (eval mode) from ``model.pt`` or a packed ``*.safetensors`` file.
+
+    Its ``forward(feats, lengths)`` returns ``(chain_out, xent_out, out_lengths)`` (docs/INTERFACES.md);
+    it carries ``.cmvn`` (a :class:`training.data.Cmvn` or None) when the file records one.
+    """
+    from training.model_io import load_model_file
+
+    model = load_model_file(path, device=device)
+    model.eval()
+    return model

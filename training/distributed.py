@@ -1,0 +1,67 @@
+"""Multi-process training under ``torchrun`` with DistributedDataParallel.
+
+``torchrun --nproc_per_node N retrain.py ...`` sets RANK / WORLD_SIZE / LOCAL_RANK; :func:`setup` joins
+the process group (gloo on CPU, nccl on CUDA) and returns this process' place in it. Without those
+variables everything runs in a single process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str) -> DistInfo:
+    """Join the torchrun process group if there is one; return rank information."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                    int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def local_device(device: str, info: DistInfo) -> torch.device:
+    """``cuda`` becomes ``cuda:<local_rank>`` under torchrun; CPU stays CPU."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda given but CUDA is not available on this machine")
+        return torch.device(f"cuda:{info.local_rank}") if device == "cuda" else torch.device(device)
+    return torch.device(device)
+
+
+def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
