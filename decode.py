@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Decode a prepared corpus split with an acoustic model and an HCLG graph; score it.
+
+  python decode.py --model exp/x/model.pt --data-dir data/synth_demo --split test --out exp/x/decode_test
+  python decode.py --build-graph-only --data-dir data/synth_demo [--lm-order 3]
+  python decode.py ... --sweep-dev            # tune acoustic scale / LM weight on dev first
+  python decode.py ... --compare exp/base/decode_test   # significance against a baseline's hyps
+
+Writes hyps.txt, refs.txt, alignments.txt, per_utt.jsonl, wer.json (and sweep.json,
+significance.json) into --out. The graph is cached under --graph-cache keyed by lexicon + LM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("decode")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file whose keys override these options (dashes or underscores)")
+    ap.add_argument("--model", help="model file for training.checkpoint.load_acoustic_model")
+    ap.add_argument("--data-dir", required=False, default="data/synth_demo")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--out", help="output directory (default exp/decode_<split>)")
+    ap.add_argument("--lexicon", help="lexicon.txt (default DATA_DIR/lang/lexicon.txt)")
+    ap.add_argument("--lm-text", help="LM training text (default DATA_DIR/lm_train_text.txt)")
+    ap.add_argument("--arpa", help="use this ARPA LM instead of estimating one")
+    ap.add_argument("--lm-order", type=int, default=3)
+    ap.add_argument("--lm-method", choices=["kn", "wb"], default="kn")
+    ap.add_argument("--sil-prob", type=float, default=0.5)
+    ap.add_argument("--extend-lexicon", action="store_true",
+                    help="add LM-text words missing from the lexicon from CMUdict (phone set unchanged)")
+    ap.add_argument("--graph-cache", default="exp/graphs")
+    ap.add_argument("--rebuild-graph", action="store_true")
+    ap.add_argument("--build-graph-only", action="store_true")
+    ap.add_argument("--acoustic-scale", type=float, default=1.0)
+    ap.add_argument("--beam", type=float, default=15.0)
+    ap.add_argument("--max-active", type=int, default=7000)
+    ap.add_argument("--lattice-beam", type=float, default=8.0)
+    ap.add_argument("--lattice", action="store_true", help="LatticeSimpleDecoder instead of FasterDecoder")
+    ap.add_argument("--sweep-dev", action="store_true", help="tune acoustic scale (and LM weight) on dev")
+    ap.add_argument("--sweep-acoustic-scales", default="0.5,0.7,0.85,1.0,1.2,1.5")
+    ap.add_argument("--sweep-lm-weights", default="", help="comma list; rescoring raw lattices")
+    ap.add_argument("--compare", help="baseline decode dir (hyps.txt) for MAPSSWE + paired bootstrap")
+    ap.add_argument("--max-frames", type=int, default=20000, help="feature frames per forward batch")
+    ap.add_argument("--sampling-rate", type=int, default=16000,
+                    help="model's rate when features must be computed from audio")
+    ap.add_argument("--num-mel-bins", type=int, default=40)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.config:
+        import yaml
+
+        with open(args.config) as f:
+            cfg = yaml.safe_load(f) or {}
+        defaults = vars(ap.parse_args([]))
+        given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv or sys.argv[1:]) if a.startswith("--")}
+        for k, v in cfg.items():
+            k = k.replace("-", "_")
+            if k not in defaults:
+                ap.error(f"unknown config key {k!r}")
+            if k not in given:
+                setattr(args, k, v)
+    return args
+
+
+def load_lexicon(args):
+    from lang.lexicon import Lexicon
+
+    path = args.lexicon or os.path.join(args.data_dir, "lang", "lexicon.txt")
+    return Lexicon.load(path)
+
+
+def build_graph(args, lexicon):
+    from decoding.graph import extend_lexicon, get_graph
+    from decoding.lm import read_sentences
+
+    lm_text = args.lm_text or os.path.join(args.data_dir, "lm_train_text.txt")
+    if args.extend_lexicon and not args.arpa:
+        vocab = {w for s in read_sentences(lm_text) for w in s}
+        lexicon, added, skipped = extend_lexicon(lexicon, vocab)
+        log.info("lexicon extended with %d CMUdict words; %d LM words left without pronunciation",
+                 len(added), len(skipped))
+    t0 = time.time()
+    g = get_graph(lexicon, args.graph_cache, lm_text=None if args.arpa else lm_text, arpa=args.arpa,
+                  order=args.lm_order, method=args.lm_method, sil_prob=args.sil_prob,
+                  rebuild=args.rebuild_graph)
+    log.info("graph %s: %s states, %s arcs (%.1fs)", g.directory, g.info.get("HCLG_states"),
+             g.info.get("HCLG_arcs"), time.time() - t0)
+    return g
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    import numpy as np
+
+    np.random.seed(args.seed)
+    lexicon = load_lexicon(args)
+    graph = build_graph(args, lexicon)
+    if args.build_graph_only:
+        print(json.dumps({"graph_dir": graph.directory, **graph.info}, indent=1))
+        return 0
+    if not args.model:
+        raise SystemExit("--model is required unless --build-graph-only")
+
+    import torch
+
+    from decoding.decoder import DecoderConfig, compute_outputs, cut_references, decode_outputs, sweep
+    from decoding.wer import write_results
+    from training.checkpoint import load_acoustic_model  # the lead's loader (lazy import)
+    from training.data import load_cuts
+
+    torch.manual_seed(args.seed)
+    model = load_acoustic_model(args.model, args.device)
+    cmvn = getattr(model, "cmvn", None)
+    cmvn_path = os.path.join(args.data_dir, "cmvn.json")
+    if cmvn is None and os.path.isfile(cmvn_path):
+        with open(cmvn_path) as f:
+            cmvn = json.load(f)
+    progress = not args.no_progress
+    feat_ex = None
+    if args.num_mel_bins != 40:
+        from lhotse import Fbank, FbankConfig
+
+        feat_ex = Fbank(FbankConfig(num_mel_bins=args.num_mel_bins))
+
+    def run(split):
+        cuts = load_cuts(args.data_dir, split)
+        t0 = time.time()
+        outs = compute_outputs(model, cuts, cmvn, args.device, args.max_frames, 32, feat_ex,
+                               args.sampling_rate, progress)
+        return cuts, outs, time.time() - t0
+
+    cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, max_active=args.max_active,
+                        lattice_beam=args.lattice_beam, lattice=args.lattice)
+    out_dir = args.out or os.path.join("exp", f"decode_{args.split}")
+    os.makedirs(out_dir, exist_ok=True)
+    extra = {}
+    if args.sweep_dev:
+        dcuts, douts, _ = run("dev")
+        scales = [float(x) for x in args.sweep_acoustic_scales.split(",") if x]
+        lmws = [float(x) for x in args.sweep_lm_weights.split(",") if x] or None
+        res = sweep(douts, cut_references(dcuts), graph, scales, lmws, cfg, progress)
+        with open(os.path.join(out_dir, "sweep.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        cfg.acoustic_scale = res["best"]["acoustic_scale"]
+        extra["sweep_best"] = {k: res["best"][k] for k in ("acoustic_scale", "lm_weight", "wer")}
+        if lmws:  # an LM weight w equals acoustic scale a / w with graph weight 1 (up to beams)
+            cfg.acoustic_scale = res["best"]["acoustic_scale"] / res["best"]["lm_weight"]
+        log.info("dev sweep best: %s", extra["sweep_best"])
+    cuts, outs, t_fwd = run(args.split)
+    t0 = time.time()
+    hyps = decode_outputs(outs, graph, cfg, progress)
+    t_dec = time.time() - t0
+    audio_s = sum(c.duration for c in cuts)
+    extra.update(model=args.model, split=args.split, data_dir=args.data_dir, graph_dir=graph.directory,
+                 decoder=dict(cfg.__dict__), forward_seconds=round(t_fwd, 2),
+                 decode_seconds=round(t_dec, 2), audio_seconds=round(audio_s, 2),
+                 rtf=round((t_fwd + t_dec) / max(audio_s, 1e-9), 4))
+    summary = write_results(out_dir, cut_references(cuts), hyps, extra)
+    log.info("%s WER %.2f%% (%d/%d; S %d D %d I %d) SER %.2f%%", args.split, summary["wer"],
+             summary["errors"], summary["ref_words"], summary["sub"], summary["del"], summary["ins"],
+             summary["ser"])
+    if args.compare:
+        from decoding.significance import compare_systems
+        from decoding.wer import read_text_file
+
+        base = read_text_file(os.path.join(args.compare, "hyps.txt"))
+        sig = compare_systems(cut_references(cuts), base, hyps, seed=args.seed)
+        with open(os.path.join(out_dir, "significance.json"), "w") as f:
+            json.dump(dict(sig, system_a=args.compare, system_b=out_dir), f, indent=1)
+        log.info("vs %s: bootstrap p=%.4g, MAPSSWE p=%s", args.compare, sig["bootstrap"]["p_value"],
+                 sig.get("mapsswe", {}).get("p_value"))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Acoustic models. ``models.tdnnf``: TDNN-F (Kaldi tdnnf-layer) with per-weight bit-widths."""
+from models.tdnnf import TDNNF, TDNNFConfig, build_model, layer_groups, tensor_layout, weight_names
+
+__all__ = ["TDNNF", "TDNNFConfig", "build_model", "layer_groups", "tensor_layout", "weight_names"]

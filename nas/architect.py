@@ -1,0 +1,115 @@
+"""The architect: updates the architecture logits with their own optimizer.
+
+Two schedules (both first-order):
+
+* **bi-level** (DARTS first order; default): the network weights are trained on the train split by the
+  usual loop, and once per step :meth:`Architect.step` takes one optimizer step of the logits on
+  ``loss_fn()`` (the task loss of a held-out batch) plus the size penalty. Only the logits are
+  differentiated (``torch.autograd.grad``), so the weights' ``.grad`` is left untouched.
+* **single-level** (EdMIPS): weights and logits share the batch. The loop adds
+  :meth:`Architect.penalty_term` to its loss, calls ``backward()`` once (filling both gradients), steps
+  its weight optimizer, then calls :meth:`Architect.step_from_grads`.
+
+``warmup_epochs``: :meth:`active` is False before that epoch; the loop trains the weights only.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+from nas.arch_params import ArchParams
+from nas.penalty import SizePenalty
+
+LossFn = Callable[[], Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, Any]]]]
+
+
+class Architect:
+    """Args:
+        arch: the architecture parameters.
+        penalty: the size penalty (None: task loss only).
+        lr, betas, weight_decay: Adam on the logits (DARTS: 3e-4, (0.5, 0.999), 1e-3; FBNet lr 1e-2).
+        mode: ``"bilevel"`` or ``"single"`` (informational for :meth:`step`; both methods work).
+        warmup_epochs: epochs of weights-only training before the logits move.
+        grad_clip: optional max-norm clip of the logits' gradient.
+    """
+
+    MODES = ("bilevel", "single")
+
+    def __init__(self, arch: ArchParams, penalty: Optional[SizePenalty] = None, lr: float = 3e-3,
+                 betas=(0.5, 0.999), weight_decay: float = 1e-3, mode: str = "bilevel",
+                 warmup_epochs: float = 0.0, grad_clip: Optional[float] = None):
+        if mode not in self.MODES:
+            raise ValueError(f"unknown architect mode {mode!r}; choose one of {self.MODES}")
+        self.arch, self.penalty, self.mode = arch, penalty, mode
+        self.warmup_epochs, self.grad_clip = float(warmup_epochs), grad_clip
+        self.params = [p for p in arch.arch_parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.steps = 0
+
+    def active(self, epoch: float) -> bool:
+        """True once the warm-up is over (``epoch`` may be fractional)."""
+        return float(epoch) >= self.warmup_epochs
+
+    def penalty_term(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(weighted penalty, expected bytes)`` under the current logits (zeros without a penalty)."""
+        if self.penalty is None:
+            z = self.params[0].new_zeros(())
+            return z, z.to(torch.float64)
+        return self.penalty(self.arch)
+
+    def _finish(self, grads_present: bool) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ws = torch.distributed.get_world_size()
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(ws)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        if grads_present:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+
+    def step(self, loss_fn: Optional[LossFn] = None) -> Dict[str, float]:
+        """One bi-level (first-order) update: minimise ``loss_fn() + penalty`` over the logits only.
+
+        ``loss_fn`` runs the supernet (train mode, so architecture weights are sampled) on a held-out
+        batch and returns the task loss (or ``(loss, stats)``); None means penalty only.
+        Returns floats: ``arch_loss`` (task), ``penalty``, ``expected_bytes``.
+        """
+        stats: Dict[str, Any] = {}
+        if loss_fn is None:
+            task = self.params[0].new_zeros(())
+        else:
+            out = loss_fn()
+            task, stats = (out if isinstance(out, tuple) else (out, {}))
+        pen, expected = self.penalty_term()
+        total = task + pen
+        for p in self.params:  # drop gradients left by the weight step's backward
+            p.grad = None
+        if total.requires_grad:
+            grads = torch.autograd.grad(total, self.params, allow_unused=True)
+            for p, g in zip(self.params, grads):
+                p.grad = g if g is not None else torch.zeros_like(p)
+        self._finish(total.requires_grad)
+        res = {"arch_loss": float(task.detach()), "penalty": float(pen.detach()),
+               "expected_bytes": float(expected.detach())}
+        res.update({k: float(v) for k, v in stats.items() if isinstance(v, (int, float))})
+        return res
+
+    def step_from_grads(self) -> None:
+        """Single-level update: step the logits with the gradients the caller's ``backward()`` left."""
+        self._finish(any(p.grad is not None for p in self.params))
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state.get("steps", 0))

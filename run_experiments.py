@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""One command for the paper's comparison: every system at its size, decoded, in one table.
+
+    python run_experiments.py --config configs/demo.yaml
+
+For one corpus and a list of systems (fp32 baseline, uniform 8/4/2/1-bit, KL- and Hessian-sensitivity
+mixed precision and NAS mixed precision at size budgets, bottleneck search on or off), it runs each
+stage as its own command (search -> retrain -> export -> decode dev/test), writes a table (Markdown,
+CSV, JSON) with bytes on disk, compression ratio against fp32, WER and the significance of each WER
+change against fp32, and a plot of WER against model size. A stage whose output file exists is not
+redone; an interrupted stage is continued with ``--resume``. So rerunning the command after a kill
+picks up where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+log = logging.getLogger("run_experiments")
+PY = sys.executable
+KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
+
+
+def load_config(path) -> Dict[str, Any]:
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    for key in ("data_dir", "systems"):
+        if key not in cfg:
+            raise ValueError(f"{path}: missing required key {key!r}")
+    names = set()
+    for i, s in enumerate(cfg["systems"]):
+        if s.get("kind") not in KINDS:
+            raise ValueError(f"{path}: systems[{i}].kind must be one of {KINDS}, got {s.get('kind')!r}")
+        if "name" not in s:
+            raise ValueError(f"{path}: systems[{i}] needs a name")
+        if s["name"] in names:
+            raise ValueError(f"{path}: duplicate system name {s['name']!r}")
+        names.add(s["name"])
+        if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
+            raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
+    return cfg
+
+
+def run(cmd: List[str], log_file: Path) -> None:
+    """Run a stage; its output goes to ``log_file``; a failure stops the runner with that log's tail."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log.info("$ %s", " ".join(cmd))
+    t0 = time.time()
+    with open(log_file, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        tail = "".join(open(log_file).readlines()[-30:])
+        raise RuntimeError(f"stage failed (exit {r.returncode}): {' '.join(cmd)}\n--- {log_file} ---\n{tail}")
+    log.info("   done in %.0f s", time.time() - t0)
+
+
+class Runner:
+    def __init__(self, cfg: Dict[str, Any], out: Path, device: str):
+        self.cfg, self.out, self.device = cfg, out, device
+        self.data_dir = cfg["data_dir"]
+        self.space = cfg.get("space", "tdnnf_demo")
+        self.splits = list(cfg.get("splits", ["dev", "test"]))
+        self.retrain_config = cfg.get("retrain_config")
+        self.search_config = cfg.get("search_config")
+        self.extra_retrain = [str(a) for a in cfg.get("retrain_args", [])]
+        self.extra_decode = [str(a) for a in cfg.get("decode_args", [])]
+
+    def sys_dir(self, name) -> Path:
+        return self.out / name
+
+    def fp32_model(self) -> Path:
+        return self.sys_dir("fp32") / "model.pt"
+
+    def budget_bytes(self, s) -> int:
+        if "budget_bytes" in s:
+            return int(s["budget_bytes"])
+        fp32 = json.load(open(self.sys_dir("fp32") / "size.json"))["fp32_bytes"]
+        return int(fp32 / float(s["budget_ratio"]))
+
+    # ----------------------------------------------------------------- stages
+    def genotype(self, s) -> Optional[Path]:
+        """Write (or reuse) the system's genotype; None for fp32/uniform."""
+        d = self.sys_dir(s["name"])
+        g = d / "genotype_in.json"
+        if s["kind"] in ("fp32", "uniform") or g.is_file():
+            return g if g.is_file() else None
+        if s["kind"] in ("kl", "hessian"):
+            run([PY, "mixed_precision.py", "--method", s["kind"], "--model", str(self.fp32_model()),
+                 "--data-dir", self.data_dir, "--space", self.space, "--budget-bytes", str(self.budget_bytes(s)),
+                 "--out", str(g), "--device", self.device], d / "log.txt")
+        else:
+            sd = d / "search"
+            cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(sd),
+                   "--target-bytes", str(self.budget_bytes(s)), "--device", self.device, "--no-progress"]
+            if self.search_config:
+                cmd += ["--config", self.search_config]
+            if not s.get("search_bottleneck", True):
+                cmd += ["--no-bottleneck-search"]
+            if (sd / "checkpoint.pt").is_file():
+                cmd += ["--resume"]
+            run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt")
+            g.write_text((sd / "genotype.json").read_text())
+        return g
+
+    def retrain(self, s, genotype: Optional[Path]) -> None:
+        d = self.sys_dir(s["name"])
+        if (d / "size.json").is_file():
+            return
+        cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(d),
+               "--device", self.device, "--no-progress"]
+        if self.retrain_config:
+            cmd += ["--config", self.retrain_config]
+        if s["kind"] == "uniform":
+            cmd += ["--uniform-bits", str(int(s["bits"]))]
+        elif genotype is not None:
+            cmd += ["--genotype", str(genotype)]
+        if s["kind"] != "fp32" and s.get("finetune_from_fp32", self.cfg.get("finetune_from_fp32", True)):
+            cmd += ["--init-from", str(self.fp32_model())]
+        if s.get("quant_trainer"):
+            cmd += ["--quant-trainer", s["quant_trainer"]]
+        if (d / "checkpoint.pt").is_file():
+            cmd += ["--resume"]
+        run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt")
+
+    def decode(self, s) -> None:
+        d = self.sys_dir(s["name"])
+        for split in self.splits:
+            dd = d / f"decode_{split}"
+            if (dd / "wer.json").is_file():
+                continue
+            cmd = [PY, "decode.py", "--model", str(d / "model.safetensors"), "--data-dir", self.data_dir,
+                   "--split", split, "--out", str(dd), "--device", self.device, "--no-progress",
+                   "--graph-cache", str(self.out / "graphs")]
+            if s["name"] != "fp32":
+                cmd += ["--compare", str(self.sys_dir("fp32") / f"decode_{split}")]
+            run(cmd + self.extra_decode, d / "log.txt")
+
+    # ----------------------------------------------------------------- table
+    def row(self, s) -> Dict[str, Any]:
+        d = self.sys_dir(s["name"])
+        size = json.load(open(d / "size.json"))
+        geno = json.load(open(d / "genotype.json"))
+        bits = [l["bits"] for l in geno["layers"]]
+        dims = [l["bottleneck"] for l in geno["layers"] if l.get("bottleneck")]
+        r = {"system": s["name"], "kind": s["kind"], "bits": "/".join(str(b) for b in bits),
+             "mean_bits": sum(bits) / len(bits), "bottlenecks": "/".join(str(x) for x in dims),
+             "bytes": size["file_bytes"], "payload_bytes": size["payload_bytes"],
+             "ratio": size["fp32_bytes"] / size["payload_bytes"]}
+        for split in self.splits:
+            w = json.load(open(d / f"decode_{split}" / "wer.json"))
+            r[f"wer_{split}"] = w["wer"]
+            cmp = w.get("compare") or {}
+            r[f"p_{split}"] = cmp.get("mapsswe", {}).get("p_value")
+            r[f"delta_{split}"] = cmp.get("delta_wer")
+        return r
+
+    def write_table(self, rows: List[Dict[str, Any]]) -> None:
+        keys = list(rows[0].keys())
+        with open(self.out / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        json.dump(rows, open(self.out / "results.json", "w"), indent=1)
+        head = ["system", "bits per layer", "bottlenecks", "bytes on disk", "ratio"]
+        for sp in self.splits:
+            head += [f"{sp} WER %", f"{sp} dWER (p)"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [r["system"], r["bits"], r["bottlenecks"] or "-", f"{r['bytes']:,}", f"{r['ratio']:.1f}x"]
+            for sp in self.splits:
+                cells.append(f"{100 * r[f'wer_{sp}']:.2f}")
+                if r.get(f"p_{sp}") is None:
+                    cells.append("-")
+                else:
+                    cells.append(f"{100 * r[f'delta_{sp}']:+.2f} (p={r[f'p_{sp}']:.3f})")
+            lines.append("| " + " | ".join(cells) + " |")
+        (self.out / "results.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        self.plot(rows)
+
+    def plot(self, rows) -> None:
+        split = "test" if "test" in self.splits else self.splits[0]
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover
+            log.warning("matplotlib not installed: no plot")
+            return
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for kind in KINDS:
+            pts = sorted((r["bytes"], 100 * r[f"wer_{split}"], r["system"]) for r in rows if r["kind"] == kind)
+            if pts:
+                ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "o-", label=kind)
+        ax.set_xscale("log")
+        ax.set_xlabel("model size on disk (MB)")
+        ax.set_ylabel(f"{split} WER (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.out / "wer_vs_size.png", dpi=120)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            w = SummaryWriter(str(self.out / "tb"))
+            w.add_figure("results/wer_vs_size", fig)
+            w.close()
+        except Exception as e:  # pragma: no cover
+            log.warning("TensorBoard figure not written: %s", e)
+        plt.close(fig)
+
+    def run_all(self) -> List[Dict[str, Any]]:
+        systems = self.cfg["systems"]
+        order = sorted(systems, key=lambda s: s["kind"] != "fp32")  # fp32 first: others refer to it
+        if order and order[0]["kind"] != "fp32" and any(s["kind"] != "uniform" for s in systems):
+            raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
+        rows = []
+        for s in order:
+            log.info("=== system %s (%s)", s["name"], s["kind"])
+            g = self.genotype(s)
+            self.retrain(s, g)
+            self.decode(s)
+            rows.append(self.row(s))
+            self.write_table(rows)
+        return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--out", default=None, help="default: the config's out, else exp/<config name>")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = load_config(args.config)
+    out = Path(args.out or cfg.get("out") or f"exp/{Path(args.config).stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    Runner(cfg, out, args.device or cfg.get("device", "cpu")).run_all()
+    log.info("results: %s", out / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The searchable TDNN-F: ``models.tdnnf.TDNNF`` at maximal bottlenecks with composite weights.
+
+:class:`SuperNet` subclasses the standalone network and overrides only :meth:`TDNNF.qw` (the hook that
+turns a latent weight into the weight the layer multiplies by), so the layer math (splicing, factored
+TDNN, ReLU/BN/dropout/bypass, subsampling, heads) is the standalone network's own code. Each forward:
+
+1. reads the per-layer mixing weights ``[(w_bits, w_dims), ...]`` from ``self.arch`` (an
+   :class:`nas.ArchParams`: sampled each call in train mode, argmax in eval mode, or fixed explicitly);
+2. builds, per searchable weight, the composite of :mod:`supernet.mixing` (one matmul per layer);
+3. runs ``TDNNF.forward``.
+
+Genotype layers are those of :func:`models.tdnnf.layer_groups`: ``tdnn1``, ``tdnnf1..N`` (bits + rank),
+``prefinal`` (its three weights share the bits), ``output``. A layer the search space does not search has a
+single choice. The xent branch stays float (training only, not exported).
+
+The semi-orthogonal step (inherited ``apply_semi_orthogonal_``) acts on the full max-rank linear factors;
+any prefix of rows of a row-orthonormal matrix is row-orthonormal, so every candidate rank keeps it.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from models.tdnnf import TDNNF, TDNNFConfig, layer_groups
+from nas.arch_params import ArchParams, LayerChoices
+from nas.penalty import SizeTable
+from supernet.mixing import mix_bits, mix_rank_cols, mix_rank_rows, slice_cols, slice_rows
+
+Choice = Tuple[int, Optional[int]]
+
+
+def layer_choices_for(cfg: TDNNFConfig, choices: Dict[str, Tuple[Sequence[int], Optional[Sequence[int]]]]
+                      ) -> List[LayerChoices]:
+    """Genotype layers of ``cfg`` in network order with their candidates. ``choices[layer] = (bits,
+    dims or None)``; a layer missing from ``choices`` is fixed at 32 bits (and the config's bottleneck)."""
+    groups = layer_groups(cfg)
+    known = {g for g, _, _ in groups}
+    bad = sorted(set(choices) - known)
+    if bad:
+        raise ValueError(f"unknown layer(s) {bad}; genotype layers are {sorted(known)}")
+    out = []
+    for name, _, has_b in groups:
+        bits, dims = choices.get(name, ((32,), None))
+        bits = tuple(sorted(int(b) for b in bits))
+        if has_b:
+            i = int(name[len("tdnnf"):]) - 1
+            dims = tuple(sorted(int(d) for d in dims)) if dims else (int(cfg.bottleneck_dims[i]),)
+        else:
+            if dims:
+                raise ValueError(f"layer {name} has no bottleneck, got bottleneck choices {dims}")
+            dims = (None,)
+        out.append(LayerChoices(name, bits, dims))
+    return out
+
+
+def genotype_config(cfg: TDNNFConfig, layers: Sequence[LayerChoices], choices: Sequence[Choice]) -> TDNNFConfig:
+    """The standalone config of one architecture: bottlenecks and per-weight bits set from ``choices``.
+    (Adapter: the same mapping as the search-space builder, kept here so the supernet needs only the
+    model's config.)"""
+    groups = {g: ws for g, ws, _ in layer_groups(cfg)}
+    dims = list(cfg.bottleneck_dims)
+    bits: Dict[str, int] = {}
+    for l, (b, d) in zip(layers, choices):
+        if l.name.startswith("tdnnf") and d is not None:
+            dims[int(l.name[len("tdnnf"):]) - 1] = int(d)
+        if int(b) != 32:
+            for w in groups[l.name]:
+                bits[w] = int(b)
+    return cfg.replace(bottleneck_dims=dims, weight_bits=bits)
+
+
+class SuperNet(TDNNF):
+    """Weight-sharing supernet. ``forward(feats, lengths) -> (chain_out, xent_out, out_lengths)`` exactly
+    as ``TDNNF``.
+
+    Args:
+        cfg: the network config (``bottleneck_dims`` is overridden by each layer's largest choice,
+            ``weight_bits`` ignored: the bits come from the architecture weights).
+        layers: candidates per genotype layer (:func:`layer_choices_for`), in ``layer_groups`` order.
+        arch: existing ArchParams (else one is created with ``arch_kwargs``).
+    """
+
+    def __init__(self, cfg: TDNNFConfig, layers: Sequence[LayerChoices], arch: Optional[ArchParams] = None,
+                 **arch_kwargs):
+        groups = layer_groups(cfg)
+        names = [g for g, _, _ in groups]
+        if [l.name for l in layers] != names:
+            raise ValueError(f"layers must be the genotype layers in order {names}, got {[l.name for l in layers]}")
+        dims = list(cfg.bottleneck_dims)
+        for l in layers:
+            if l.name.startswith("tdnnf"):
+                dims[int(l.name[len("tdnnf"):]) - 1] = max(int(d) for d in l.dims)
+        self.base_cfg = cfg
+        super().__init__(cfg.replace(bottleneck_dims=dims, weight_bits={}))
+        self.arch = arch if arch is not None else ArchParams(layers, **arch_kwargs)
+        if list(self.arch.layers) != list(layers):
+            raise ValueError("arch layers differ from the supernet's")
+        self.choices: Tuple[LayerChoices, ...] = tuple(layers)
+        # weight name -> (layer index, kind, time-offset count k)
+        self._wmap: Dict[str, Tuple[int, str, int]] = {}
+        for li, (g, ws, has_b) in enumerate(groups):
+            for w in ws:
+                if has_b:
+                    i = int(g[len("tdnnf"):]) - 1
+                    k = 2 if self.cfg.time_strides[i] > 0 else 1
+                    self._wmap[w] = (li, "linear" if w.endswith(".linear") else "affine", k)
+                else:
+                    self._wmap[w] = (li, "plain", 1)
+        self._cur: Optional[list] = None
+        self._skip: Optional[list] = None
+        self.space = None  # the search_spaces.SearchSpace when built by from_space
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_config(cls, cfg: TDNNFConfig, choices: Dict[str, Tuple[Sequence[int], Optional[Sequence[int]]]],
+                    num_pdfs: Optional[int] = None, **arch_kwargs) -> "SuperNet":
+        if num_pdfs is not None:
+            cfg = cfg.replace(num_pdfs=num_pdfs)
+        return cls(cfg, layer_choices_for(cfg, choices), **arch_kwargs)
+
+    @classmethod
+    def from_space(cls, space, num_pdfs: Optional[int] = None, **arch_kwargs) -> "SuperNet":
+        """Build from a ``search_spaces.SearchSpace`` (its network config holds the max ranks; each
+        ``LayerSpace`` gives the bit and bottleneck candidates). ``num_pdfs`` overrides the space's."""
+        if num_pdfs is not None:
+            space = space.with_num_pdfs(num_pdfs)
+        layers = [LayerChoices(l.name, tuple(sorted(l.bits)),
+                               tuple(l.bottlenecks) if l.has_bottleneck else (None,)) for l in space.layers]
+        net = cls(space.network, layers, **arch_kwargs)
+        net.space = space
+        return net
+
+    # ------------------------------------------------------------------ parameters
+    def arch_parameters(self) -> List[torch.nn.Parameter]:
+        return self.arch.arch_parameters()
+
+    def weight_parameters(self) -> List[torch.nn.Parameter]:
+        ids = {id(p) for p in self.arch.parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def size_table(self, include_xent: bool = False) -> SizeTable:
+        """Bytes per (layer, bits, bottleneck) from ``quant.cost_model`` (every stored tensor belongs to a
+        genotype layer, so ``const_bytes`` is 0)."""
+        from nas.penalty import size_table_from_cost_model
+
+        return size_table_from_cost_model(self.base_cfg, self.choices)
+
+    # ------------------------------------------------------------------ forward
+    def qw(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        spec = self._wmap.get(name)
+        if spec is None or self._cur is None:
+            return super().qw(name, w)  # xent branch: float
+        li, kind, k = spec
+        layer = self.choices[li]
+        wb, wd = self._cur[li]
+        sb, sd = self._skip[li] if self._skip is not None else (None, None)
+        pc, sc, q = self.cfg.quant_per_channel, self.cfg.quant_scale, self.quant_enabled
+        if kind == "plain":
+            return mix_bits(w, layer.bits, wb, pc, sc, sb, q)
+        if kind == "affine":
+            return mix_rank_cols(w, k, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q)
+        if pc or not q or all(b == 32 for b in layer.bits):  # row scales do not depend on the rank kept
+            return mix_bits(w, layer.bits, wb, pc, sc, sb, q)
+        return mix_rank_rows(w, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, ivectors: Optional[torch.Tensor] = None):
+        self._cur = self.arch()
+        self._skip = None
+        if self.arch.is_fixed:  # constant weights: skip the candidates whose weight is exactly 0
+            self._skip = [([float(x) == 0.0 for x in wb.tolist()], [float(x) == 0.0 for x in wd.tolist()])
+                          for wb, wd in self._cur]
+        try:
+            return super().forward(feats, lengths, ivectors)
+        finally:
+            self._cur = None
+            self._skip = None
+
+    # ------------------------------------------------------------------ export
+    def subnet_config(self, choices) -> TDNNFConfig:
+        """Standalone config of a genotype (or ``[(bits, bottleneck), ...]``): the search space's own
+        ``Genotype.to_config`` when built from a space, else :func:`genotype_config`."""
+        choices = self._as_choices(choices)
+        if self.space is not None:
+            from search_spaces.genotype import Genotype, LayerChoice
+
+            g = Genotype(self.space.name, [LayerChoice(l.name, b, d) for l, (b, d) in zip(self.choices, choices)])
+            return g.to_config(self.space)
+        return genotype_config(self.base_cfg, self.choices, choices)
+
+    def _as_choices(self, genotype) -> List[Choice]:
+        if hasattr(genotype, "layers"):
+            by_name = {}
+            for lc in genotype.layers:
+                if isinstance(lc, dict):
+                    by_name[lc["name"]] = (int(lc["bits"]), lc.get("bottleneck"))
+                else:
+                    by_name[lc.name] = (int(lc.bits), getattr(lc, "bottleneck", None))
+            missing = [l.name for l in self.choices if l.name not in by_name]
+            if missing:
+                raise ValueError(f"genotype lacks layers {missing}")
+            genotype = [by_name[l.name] for l in self.choices]
+        out = []
+        for l, (b, d) in zip(self.choices, genotype):
+            if b not in l.bits:
+                raise ValueError(f"layer {l.name}: bits {b} not among the candidates {l.bits}")
+            if l.dims == (None,):
+                d = None
+            elif d not in l.dims:
+                raise ValueError(f"layer {l.name}: bottleneck {d} not among the candidates {l.dims}")
+            out.append((int(b), None if d is None else int(d)))
+        return out
+
+    @torch.no_grad()
+    def export_subnet(self, genotype) -> TDNNF:
+        """A standalone ``TDNNF`` of ``genotype`` (Genotype or ``[(bits, bottleneck), ...]``) holding the
+        shared weights: first d rows of each linear factor, first d columns (per time offset) of each affine
+        factor; everything else copied as is (BN statistics included). Same device and dtype."""
+        choices = self._as_choices(genotype)
+        net = TDNNF(self.subnet_config(choices))
+        src = {k: v for k, v in self.state_dict().items() if not k.startswith("arch.")}
+        dst = net.state_dict()
+        for key, t in dst.items():
+            s = src[key]
+            if s.shape != t.shape:
+                # tdnnfs.{i}.linear / tdnnfs.{i}.affine of a smaller rank
+                i = int(key.split(".")[1])
+                d = t.shape[0] if key.endswith(".linear") else None
+                if key.endswith(".linear"):
+                    s = slice_rows(s, d)
+                elif key.endswith(".affine"):
+                    k = 2 if self.cfg.time_strides[i] > 0 else 1
+                    s = slice_cols(s, k, t.shape[1] // k)
+                else:
+                    raise RuntimeError(f"unexpected shape mismatch for {key}: {tuple(s.shape)} vs {tuple(t.shape)}")
+            t.copy_(s)
+        net.quant_enabled = self.quant_enabled
+        net.dropout_p = self.dropout_p
+        p = next(self.parameters())
+        return net.to(device=p.device, dtype=p.dtype).train(self.training)

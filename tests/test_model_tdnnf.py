@@ -1,0 +1,219 @@
+"""TDNN-F model: lengths, context/subsampling grid, factored == dense, semi-orthogonal step, sizes."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.tdnnf import (TDNNF, ConfigError, TDNNFConfig, contexts, dropout_at, factored_tdnn, layer_groups,
+                          semi_orthogonal_step_, semi_orthogonality_error, tensor_layout, weight_names)
+from quant.cost_model import count_parameters, model_size
+
+
+def small_cfg(**kw):
+    d = dict(tdnn1_dim=32, hidden_dim=32, num_layers=6, bottleneck_dims=8, time_strides=[1, 1, 0, 3, 3, 3],
+             prefinal_dim=16, prefinal_big_dim=24, num_pdfs=10, feat_dim=5)
+    d.update(kw)
+    return TDNNFConfig.from_dict(d)
+
+
+def randomize_(m, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+    return m
+
+
+@pytest.mark.parametrize("T", list(range(1, 40)) + [97, 150, 301])
+def test_output_lengths(T):
+    torch.manual_seed(0)
+    m = TDNNF(small_cfg()).eval()
+    lengths = torch.tensor([T, max(1, T - 2), 1])
+    chain, xent, out_len = m(torch.randn(3, T, 5), lengths)
+    assert chain.shape == (3, (T + 2) // 3, 10) and xent.shape == chain.shape
+    assert out_len.tolist() == [(int(l) + 2) // 3 for l in lengths]
+    assert torch.allclose(xent.exp().sum(-1), torch.ones(3, (T + 2) // 3), atol=1e-5)
+
+
+def test_padding_does_not_leak_and_edge_replication():
+    torch.manual_seed(0)
+    m = randomize_(TDNNF(small_cfg())).eval()
+    x = torch.randn(1, 23, 5)
+    alone, _, _ = m(x, torch.tensor([23]))
+    padded = torch.cat([x, 100 * torch.randn(1, 17, 5)], dim=1)
+    batch = torch.cat([padded, torch.randn(1, 40, 5)])
+    out, _, ol = m(batch, torch.tensor([23, 40]))
+    assert ol[0] == 8
+    assert torch.allclose(out[0, :8], alone[0], atol=1e-5)
+    # tdnn1 (1) + strides 1,1,0 at full rate, 3 x stride 3 after subsampling
+    assert (m.left_context, m.right_context) == (12, 12)
+    # right edge: frames past the length repeat the last frame, so explicit replication changes nothing
+    rep = torch.cat([x, x[:, -1:].expand(1, 10, 5)], dim=1)
+    out2, _, _ = m(rep, torch.tensor([33]))
+    assert torch.allclose(out2[0, :8], alone[0], atol=1e-5)
+
+
+def test_receptive_field_and_output_grid():
+    """Output frame j sees exactly input frames 3j-L .. 3j+R (Kaldi's grid for frame subsampling 3)."""
+    torch.manual_seed(0)
+    m = randomize_(TDNNF(small_cfg())).eval()
+    T = 90
+    x = torch.randn(1, T, 5)
+    base, _, _ = m(x, torch.tensor([T]))
+    L, R = m.left_context, m.right_context
+    for t in (40, 41, 42):
+        x2 = x.clone()
+        x2[0, t] += 1.0
+        out, _, _ = m(x2, torch.tensor([T]))
+        changed = ((out - base).abs().amax(-1)[0] > 1e-6).nonzero().flatten().tolist()
+        expect = [j for j in range(out.shape[1]) if 3 * j - L <= t <= 3 * j + R]
+        assert changed == expect
+
+
+def test_no_stride3_layer_subsamples_at_end():
+    cfg = small_cfg(num_layers=3, time_strides=[1, 0, 2])
+    m = TDNNF(cfg).eval()
+    for T in (1, 5, 10, 31):
+        c, _, _ = m(torch.randn(2, T, 5), torch.tensor([T, T]))
+        assert c.shape[1] == (T + 2) // 3
+
+
+def test_stride_after_subsampling_must_be_multiple_of_3():
+    with pytest.raises(ConfigError, match="time_strides"):
+        small_cfg(time_strides=[1, 1, 0, 3, 1, 3])
+
+
+@pytest.mark.parametrize("stride", [0, 1, 2, 3])
+def test_factored_layer_equals_dense_product(stride):
+    torch.manual_seed(stride)
+    D, b, T = 12, 4, 30
+    k = 2 if stride else 1
+    Lw, Aw, bias = torch.randn(b, k * D), torch.randn(D, k * b), torch.randn(D)
+    x = torch.randn(2, D, T)
+    y = factored_tdnn(x, Lw, Aw, bias, stride)
+    if stride == 0:
+        dense = (Aw @ Lw)[:, :, None]
+        ref = F.conv1d(x, dense, bias)
+    else:
+        Lm, L0 = Lw[:, :D], Lw[:, D:]          # offsets -s, 0
+        A0, As = Aw[:, :b], Aw[:, b:]          # offsets 0, +s
+        dense = torch.stack([A0 @ Lm, A0 @ L0 + As @ Lm, As @ L0], dim=2)   # offsets -s, 0, +s
+        ref = F.conv1d(x, dense, bias, dilation=stride)
+    assert y.shape == ref.shape == (2, D, T - 2 * stride)
+    assert torch.allclose(y, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(16, 80), (80, 16), (32, 32)])
+def test_semi_orthogonal_step_converges(shape):
+    torch.manual_seed(1)
+    M = torch.randn(*shape) * 3.0
+    errs = [semi_orthogonality_error(M)]
+    for _ in range(60):
+        semi_orthogonal_step_(M)
+        errs.append(semi_orthogonality_error(M))
+    assert errs[-1] < 1e-3 * max(errs[0], 1e-3) or errs[-1] < 1e-4
+    assert errs[-1] < errs[0]
+    W = M if shape[0] <= shape[1] else M.t()
+    P = W @ W.t()
+    s2 = torch.trace(P) / P.shape[0]
+    assert torch.allclose(P / s2, torch.eye(P.shape[0]), atol=1e-3)
+
+
+def test_model_apply_semi_orthogonal():
+    torch.manual_seed(0)
+    m = TDNNF(small_cfg())
+    before = m.semi_orthogonality_errors()
+    for _ in range(40):
+        m.apply_semi_orthogonal_()
+    after = m.semi_orthogonality_errors()
+    assert set(before) == {f"tdnnf{i}.linear" for i in range(1, 7)} | {"prefinal_l", "prefinal_chain.linear",
+                                                                        "prefinal_xent.linear"}
+    assert all(after[k] < 0.1 * before[k] for k in before)
+
+
+def test_dropout_schedule():
+    s = "0,0@0.20,0.5@0.50,0"
+    assert dropout_at(s, 0.0) == 0.0 and dropout_at(s, 0.2) == 0.0
+    assert abs(dropout_at(s, 0.35) - 0.25) < 1e-9 and abs(dropout_at(s, 0.5) - 0.5) < 1e-9
+    assert abs(dropout_at(s, 0.75) - 0.25) < 1e-9 and dropout_at(s, 1.0) == 0.0
+    m = TDNNF(small_cfg())
+    assert m.set_training_progress(0.5) == 0.5
+    m.train()
+    x = torch.randn(4, 30, 5)
+    a, _, _ = m(x, torch.full((4,), 30))
+    with pytest.raises(ConfigError, match="dropout_schedule"):
+        small_cfg(dropout_schedule="0,0.5,0")
+
+
+def test_tdnn_7r_parameter_count():
+    from search_spaces.space import load_search_space
+
+    cfg = load_search_space("tdnnf_swbd").network
+    n_all, n_inf = count_parameters(cfg, True), count_parameters(cfg, False)
+    # Kaldi tdnn_7r: 18.7M parameters, 16.4M without the xent branch (num_pdfs ~6000)
+    assert abs(n_all - 18.7e6) / 18.7e6 < 0.003, n_all
+    assert abs(n_inf - 16.4e6) / 16.4e6 < 0.003, n_inf
+    m = TDNNF(cfg)
+    assert m.num_parameters() == n_all == 18_685_152
+    assert m.num_parameters(include_xent=False) == n_inf == 16_355_184
+    assert abs(n_inf * 4 / 1e6 - 65.5) < 0.2  # fp32 MB of weights + biases
+    # the model's tensors match the layout the cost model and packer use
+    live = m.named_tensors(include_xent=True)
+    layout = tensor_layout(cfg, include_xent=True)
+    assert [t.name for t in layout] == list(live)
+    assert all(tuple(live[t.name].shape) == t.shape for t in layout)
+
+
+def test_ivector_input():
+    cfg = small_cfg(ivector_dim=3)
+    m = randomize_(TDNNF(cfg)).eval()
+    x = torch.randn(2, 12, 5)
+    a, _, _ = m(x, torch.tensor([12, 12]), torch.randn(2, 3))
+    b, _, _ = m(x, torch.tensor([12, 12]))
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="ivectors"):
+        m(x, torch.tensor([12, 12]), torch.randn(2, 4))
+
+
+def test_quantized_forward_uses_fake_quant_and_trains():
+    from quant.quantizers import fake_quant
+
+    cfg = small_cfg()
+    bits = {n: 4 for n in weight_names(cfg)}
+    bits["tdnn1"] = 1
+    m = randomize_(TDNNF(cfg.replace(weight_bits=bits)))
+    m.train()
+    x = torch.randn(2, 20, 5)
+    c, xe, _ = m(x, torch.tensor([20, 20]))
+    (c.square().mean() + xe.mean()).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    m.eval()
+    ref = TDNNF(cfg)
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        for n, p in ref.weight_params().items():
+            p.copy_(fake_quant(p, bits.get(n, 32)))
+    ref.eval()
+    assert torch.allclose(m(x, torch.tensor([20, 20]))[0], ref(x, torch.tensor([20, 20]))[0], atol=1e-5)
+
+
+def test_config_errors_name_field():
+    with pytest.raises(ConfigError, match="bottleneck_dims"):
+        small_cfg(bottleneck_dims=[8, 8])
+    with pytest.raises(ConfigError, match="weight_bits"):
+        small_cfg(weight_bits={"tdnnf1.linear": 3})
+    with pytest.raises(ConfigError, match="weight_bits"):
+        small_cfg(weight_bits={"nope": 4})
+    with pytest.raises(ConfigError, match="unknown network config"):
+        TDNNFConfig.from_dict({"hidden": 3})
+    with pytest.raises(ConfigError, match="num_pdfs"):
+        TDNNF(small_cfg(num_pdfs=None))
+
+
+def test_groups_cover_weights():
+    cfg = small_cfg()
+    covered = [w for _, ws, _ in layer_groups(cfg) for w in ws]
+    assert covered == weight_names(cfg)
+    assert contexts(cfg) == (3, 3, 9, 9)
+    assert model_size(cfg).num_parameters == count_parameters(cfg, include_xent=False)

@@ -1,0 +1,173 @@
+"""Supernet: one-hot architecture weights compute exactly what the exported standalone subnet computes;
+sizes agree with the cost model; weight sharing, semi-orthogonality for every rank, arch/weight split."""
+import math
+import random
+
+import pytest
+import torch
+
+from models.tdnnf import TDNNF, semi_orthogonality_error
+from nas import ArchParams
+from quant.cost_model import model_size
+from search_spaces.space import search_space_from_dict
+from supernet import SuperNet
+from supernet.mixing import mix_bits, mix_rank_cols, slice_cols
+
+
+def small_space(per_channel=True, scale="maxabs", name="tiny"):
+    return search_space_from_dict({
+        "name": name,
+        "network": dict(feat_dim=6, tdnn1_dim=24, hidden_dim=24, num_layers=5, bottleneck_dims=12,
+                        time_strides=[1, 1, 0, 3, 3], prefinal_dim=12, prefinal_big_dim=20, num_pdfs=11,
+                        quant_per_channel=per_channel, quant_scale=scale),
+        "choices": {"default": {"bits": [1, 2, 4, 8, 32], "bottleneck": [4, 8, 12]},
+                    "layers": {"tdnn1": {"bits": [4, 8, 32]}, "tdnnf3": {"bottleneck": [6, 12]},
+                               "output": {"bits": [8, 32]}}},
+    })
+
+
+def randomize_(net, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if n.startswith("arch."):
+                continue
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return net
+
+
+def random_genotype(space, rng):
+    return [(rng.choice(l.bits), rng.choice(l.bottlenecks) if l.has_bottleneck else None) for l in space.layers]
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 31, 6, generator=g), torch.tensor([31, 25, 7])
+
+
+@pytest.mark.parametrize("per_channel,scale", [(True, "maxabs"), (False, "maxabs"), (True, "mse")])
+def test_one_hot_supernet_equals_standalone_subnet(per_channel, scale):
+    space = small_space(per_channel, scale)
+    torch.manual_seed(0)
+    net = randomize_(SuperNet.from_space(space)).eval()
+    x, L = batch()
+    rng = random.Random(per_channel * 7 + len(scale))
+    genos = [random_genotype(space, rng) for _ in range(4)]
+    genos.append([(l.bits[0], l.bottlenecks[0] if l.has_bottleneck else None) for l in space.layers])  # smallest
+    genos.append([(32, l.bottlenecks[-1] if l.has_bottleneck else None) for l in space.layers])  # largest
+    table = net.size_table()
+    for geno in genos:
+        net.arch.set_choices(geno)
+        c1, x1, l1 = net(x, L)
+        sub = net.export_subnet(geno).eval()
+        assert isinstance(sub, TDNNF) and not isinstance(sub, SuperNet)
+        c2, x2, l2 = sub(x, L)
+        assert c1.shape == (3, (31 + 2) // 3, 11)
+        assert torch.equal(l1, l2)
+        assert torch.allclose(c1, c2, atol=1e-5, rtol=1e-5), float((c1 - c2).abs().max())
+        assert torch.allclose(x1, x2, atol=1e-5, rtol=1e-5)
+        # the expected size under one-hot weights is the cost model's size of that genotype
+        exp_bytes = table.expected(net.arch.one_hot(geno))
+        assert float(exp_bytes) == model_size(sub.cfg).total_bytes == table.size(geno)
+    net.arch.clear_fixed()
+
+
+def test_one_hot_train_mode_and_gradients_match_subnet():
+    space = small_space()
+    torch.manual_seed(0)
+    net = randomize_(SuperNet.from_space(space)).train()
+    x, L = batch(2)
+    geno = random_genotype(space, random.Random(3))
+    sub = net.export_subnet(geno).train()
+    net.arch.set_choices(geno)
+    c1, x1, _ = net(x, L)
+    c2, x2, _ = sub(x, L)
+    assert torch.allclose(c1, c2, atol=1e-5, rtol=1e-5)
+    (c1.square().mean() + x1.mean()).backward()
+    (c2.square().mean() + x2.mean()).backward()
+    for i, (d, l_super, l_sub) in enumerate(zip([g[1] for g in geno[1:6]], net.tdnnfs, sub.tdnnfs)):
+        k = 2 if l_super.stride > 0 else 1
+        assert torch.allclose(l_super.linear.grad[:d], l_sub.linear.grad, atol=1e-6)
+        assert torch.allclose(slice_cols(l_super.affine.grad, k, d), l_sub.affine.grad, atol=1e-6)
+        assert float(l_super.linear.grad[d:].abs().max() if d < l_super.linear.shape[0] else 0) == 0.0
+    assert torch.allclose(net.output.grad, sub.output.grad, atol=1e-6)
+
+
+def test_train_mode_samples_and_arch_gets_gradient():
+    space = small_space()
+    torch.manual_seed(0)
+    net = randomize_(SuperNet.from_space(space, hard=True)).train()
+    x, L = batch()
+    c, xe, ol = net(x, L)
+    assert c.shape == (3, 11, 11) and ol.tolist() == [11, 9, 3]
+    c.square().mean().backward()
+    g = [p.grad for p in net.arch_parameters() if p.numel() > 1]
+    assert all(t is not None for t in g) and sum(float(t.abs().sum()) for t in g) > 0
+    # the hard sample of the last forward is one-hot
+    for (wb, wd) in net.arch.last:
+        assert sorted(wb.detach().tolist())[-1] == 1.0 and float(wb.detach().sum()) == 1.0
+
+
+def test_parameter_split():
+    net = SuperNet.from_space(small_space())
+    a = {id(p) for p in net.arch_parameters()}
+    w = {id(p) for p in net.weight_parameters()}
+    assert not (a & w) and (a | w) == {id(p) for p in net.parameters()}
+    assert all(n.startswith("arch.") for n, p in net.named_parameters() if id(p) in a)
+    assert "arch._tau" in net.state_dict()
+
+
+def test_eval_mode_uses_argmax():
+    space = small_space()
+    net = randomize_(SuperNet.from_space(space)).eval()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.copy_(torch.randn(p.shape))
+    x, L = batch()
+    c1, _, _ = net(x, L)
+    geno = net.arch.argmax_choices()
+    c2, _, _ = net.export_subnet(geno).eval()(x, L)
+    assert torch.allclose(c1, c2, atol=1e-5)
+
+
+def test_semi_orthogonal_holds_for_every_rank():
+    space = small_space()
+    torch.manual_seed(0)
+    net = SuperNet.from_space(space)
+    for _ in range(150):
+        net.apply_semi_orthogonal_()
+    for layer, ls in zip(net.tdnnfs, space.layers[1:6]):
+        for d in ls.bottlenecks:
+            assert semi_orthogonality_error(layer.linear[:d]) < 1e-3
+
+
+def test_mixing_matches_definitions():
+    torch.manual_seed(0)
+    w = torch.randn(5, 2 * 6)
+    wd = torch.softmax(torch.randn(3), 0)
+    wb = torch.softmax(torch.randn(2), 0)
+    # float: the rank mask sum_k w_k 1[r < d_k], the same in every offset block
+    got = mix_rank_cols(w, 2, (2, 4, 6), wd, (32,), torch.ones(1))
+    m = sum(wd[j] * (torch.arange(6) < d).float() for j, d in enumerate((2, 4, 6)))
+    assert torch.allclose(got, w * m.repeat(2))
+    # bits at weight level: sum_b w_b Q_b(W)
+    from quant.quantizers import fake_quant
+    got = mix_bits(w, (4, 32), wb)
+    assert torch.allclose(got, wb[0] * fake_quant(w, 4) + wb[1] * w)
+    # quantized ranks: each candidate quantized on its own columns, zero-padded
+    got = mix_rank_cols(w, 2, (2, 6), wd[:2], (4,), torch.ones(1))
+    q2 = fake_quant(slice_cols(w, 2, 2), 4).reshape(5, 2, 2)
+    pad = torch.nn.functional.pad(q2, (0, 4)).reshape(5, 12)
+    assert torch.allclose(got, wd[0] * pad + wd[1] * fake_quant(w, 4))
+
+
+def test_from_config_and_subnet_config_agree_with_space_builder():
+    space = small_space()
+    net = SuperNet.from_space(space)
+    net2 = SuperNet(space.network, list(net.arch.layers))
+    geno = random_genotype(space, random.Random(5))
+    assert net.subnet_config(geno) == net2.subnet_config(geno)

@@ -1,0 +1,275 @@
+#!/usr/bin/env python
+"""Search per-layer bit-widths and bottleneck dims: a Gumbel-softmax supernet trained with LF-MMI under a
+model-size penalty; writes ``genotype.json`` (argmax architecture) for ``retrain.py``.
+
+    python train_search.py --data-dir data/synth_demo --space tdnnf_demo --target-mb 0.5 --out exp/search
+    python train_search.py ... --target-ratio 8        # budget = fp32 size / 8
+    python train_search.py ... --resume                # continue a killed search exactly
+    torchrun --nproc_per_node 2 train_search.py ...    # DistributedDataParallel
+
+Weights train on the training split; with ``mode: bilevel`` (default, first-order DARTS) the
+architecture logits are updated by Adam on a held-out split of the training recordings plus the size
+penalty; ``mode: single`` updates both from the same batch (EdMIPS). The temperature anneals from
+``tau_start`` to ``tau_end``; the architecture is frozen for ``warmup_epochs``. Each epoch writes
+``genotype_epochN.json`` and ``genotype.json``; TensorBoard (``tb/``) shows per-layer probabilities of
+every bit-width and dimension, the layer x choice matrices as images, expected size, tau, LF-MMI and
+penalty terms and the semi-orthogonality error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from training.loop import TrainHook, TrainOptions, Trainer
+
+log = logging.getLogger("train_search")
+
+SEARCH_DEFAULTS = {
+    "mode": "bilevel", "held_out_fraction": 0.1, "warmup_epochs": 1.0, "arch_lr": 0.01, "arch_every": 1,
+    "tau_start": 5.0, "tau_end": 0.5, "tau_schedule": "exponential", "hard": False, "penalty": "hinge",
+    "penalty_weight": 2.0, "init": "uniform", "log_every": 10,
+}
+
+
+class SearchHook(TrainHook):
+    """Architecture updates, temperature annealing, genotype writing and TensorBoard logging."""
+
+    name = "search"
+
+    def __init__(self, net, architect, schedule, held, opts, space, out_dir):
+        self.net, self.architect, self.schedule, self.held = net, architect, schedule, held
+        self.opts, self.space, self.out_dir = opts, space, Path(out_dir)
+        self.held_epoch, self.held_idx = 0, 0
+        self._held_iter = None
+        self.last = {}
+
+    # ---------------------------------------------------------------- held-out batches (cycled)
+    def _next_held(self):
+        while True:
+            if self._held_iter is None:
+                self._held_iter = self.held.epoch(self.held_epoch, skip=self.held_idx)
+            try:
+                b = next(self._held_iter)
+                self.held_idx += 1
+                return b
+            except StopIteration:
+                self.held_epoch += 1
+                self.held_idx = 0
+                self._held_iter = None
+
+    def epoch_float(self, trainer) -> float:
+        return trainer.step / max(1, trainer.steps_per_epoch)
+
+    def on_fit_start(self, trainer):
+        self.net.arch.tau = self.schedule(self.epoch_float(trainer))
+
+    def extra_loss(self, trainer, batch, outputs):
+        if self.opts["mode"] == "single" and self.architect.active(self.epoch_float(trainer)):
+            pen, _ = self.architect.penalty_term()
+            return pen
+        return None
+
+    def after_optimizer_step(self, trainer):
+        ep = self.epoch_float(trainer)
+        stats = {}
+        if self.architect.active(ep) and trainer.step % self.opts["arch_every"] == 0:
+            if self.opts["mode"] == "bilevel":
+                batch = self._next_held()
+
+                def arch_loss():
+                    loss, st, _ = trainer.forward_loss(batch, train=False)
+                    return loss, st
+
+                stats = self.architect.step(arch_loss)
+            else:
+                self.architect.step_from_grads()
+                pen, exp = self.architect.penalty_term()
+                stats = {"penalty": float(pen.detach()), "expected_bytes": float(exp.detach())}
+        else:
+            self.architect.zero_grad()  # the weight step's backward left gradients on the logits
+            pen, exp = self.architect.penalty_term()
+            stats = {"penalty": float(pen.detach()), "expected_bytes": float(exp.detach())}
+        self.net.arch.tau = self.schedule(ep)
+        self.last = stats
+        if trainer.dist.is_main and trainer.step % self.opts["log_every"] == 0:
+            from nas import log_arch_tensorboard
+
+            log_arch_tensorboard(trainer.tb, self.net.arch, trainer.step, table=self.table)
+            trainer.log_scalars("search", {"expected_mb": stats.get("expected_bytes", 0.0) / 1e6,
+                                           "penalty": stats.get("penalty", 0.0),
+                                           "arch_objf_per_frame": stats.get("objf_per_frame", float("nan")),
+                                           "tau": self.net.arch.tau})
+            errs = self.net.semi_orthogonality_errors()
+            if errs:
+                trainer.log_scalars("search", {"semi_orth_error_max": max(errs.values())})
+
+    @property
+    def table(self):
+        if not hasattr(self, "_table"):
+            self._table = self.net.size_table()
+        return self._table
+
+    def write_genotype(self, trainer, epoch: int):
+        from nas import derive_genotype
+
+        g = derive_genotype(self.net.arch, self.space,
+                            source={"run": str(self.out_dir), "epoch": epoch, "step": trainer.step,
+                                    "target_bytes": self.architect.penalty.target_bytes})
+        g.save(str(self.out_dir / f"genotype_epoch{epoch}.json"))
+        g.save(str(self.out_dir / "genotype.json"))
+        return g
+
+    def on_epoch_end(self, trainer, epoch, valid):
+        if not trainer.dist.is_main:
+            return
+        g = self.write_genotype(trainer, epoch + 1)
+        from nas import log_arch_tensorboard
+
+        log_arch_tensorboard(trainer.tb, self.net.arch, trainer.step, table=self.table)
+        log.info("epoch %d genotype (tau %.2f):\n%s", epoch + 1, self.net.arch.tau, g.summary(self.space))
+
+    def on_fit_end(self, trainer):
+        if trainer.dist.is_main:
+            self.write_genotype(trainer, trainer.epoch)
+
+    def state_dict(self):
+        return {"architect": self.architect.state_dict(), "held_epoch": self.held_epoch,
+                "held_idx": self.held_idx}
+
+    def load_state_dict(self, state):
+        self.architect.load_state_dict(state["architect"])
+        self.held_epoch, self.held_idx = int(state["held_epoch"]), int(state["held_idx"])
+        self._held_iter = None
+
+
+def load_config(path):
+    if path is None:
+        return {}
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    bad = sorted(set(cfg) - {"train", "lfmmi", "search"})
+    if bad:
+        raise ValueError(f"{path}: unknown section(s) {bad}; expected train, lfmmi, search")
+    return cfg
+
+
+def search_options(d):
+    opts = dict(SEARCH_DEFAULTS)
+    d = dict(d or {})
+    bad = sorted(set(d) - set(opts))
+    if bad:
+        raise ValueError(f"unknown search option(s) {bad}; known: {sorted(opts)}")
+    opts.update(d)
+    if opts["mode"] not in ("bilevel", "single"):
+        raise ValueError(f"search.mode must be bilevel or single, got {opts['mode']!r}")
+    return opts
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--space", default="tdnnf_demo")
+    p.add_argument("--config", default=None, help="YAML with train/lfmmi/search sections")
+    p.add_argument("--out", required=True)
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--target-bytes", type=float)
+    t.add_argument("--target-mb", type=float)
+    t.add_argument("--target-ratio", type=float, help="budget = fp32 size of the space's largest net / R")
+    p.add_argument("--no-bottleneck-search", action="store_true", help="search bits only (max dims)")
+    p.add_argument("--mode", choices=["bilevel", "single"], default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def restrict_bottlenecks(space):
+    """A copy of ``space`` whose layers keep only their largest bottleneck (bit search only)."""
+    from dataclasses import replace
+
+    layers = [replace(l, bottlenecks=(max(l.bottlenecks),)) if l.has_bottleneck else l for l in space.layers]
+    return type(space)(space.name, space.network, layers, space.description, space.path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from nas import Architect, SizePenalty, TemperatureSchedule
+    from quant.cost_model import fp32_bytes
+    from retrain import seed_everything
+    from search_spaces.space import load_search_space
+    from supernet.network import SuperNet
+    from training import distributed
+    from training.experiment import load_corpus, make_batches, make_lfmmi, split_train
+
+    cfg = load_config(args.config)
+    topts = TrainOptions.from_dict(cfg.get("train"))
+    sopts = search_options(cfg.get("search"))
+    if args.mode:
+        sopts["mode"] = args.mode
+    for k in ("seed", "epochs", "max_steps"):
+        if getattr(args, k) is not None:
+            setattr(topts, k, getattr(args, k))
+    dinfo = distributed.setup(args.device)
+    device = distributed.local_device(args.device, dinfo)
+    seed_everything(topts.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    corpus = load_corpus(args.data_dir)
+    space = load_search_space(args.space, num_pdfs=corpus.num_pdfs)
+    search_space = restrict_bottlenecks(space) if args.no_bottleneck_search else space
+    net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
+                              hard=bool(sopts["hard"]))
+    fp32 = fp32_bytes(space.network)
+    if args.target_bytes:
+        target = args.target_bytes
+    elif args.target_mb:
+        target = args.target_mb * 1e6
+    else:
+        target = fp32 / (args.target_ratio or 8.0)
+    table = net.size_table()
+    if target < table.min_bytes():
+        raise SystemExit(f"target {target:.0f} bytes is below the smallest model of this space "
+                         f"({table.min_bytes():.0f} bytes)")
+    log.info("size budget %.0f bytes (fp32 %d bytes, ratio %.1fx); space spans %.0f..%.0f bytes",
+             target, fp32, fp32 / target, table.min_bytes(), table.max_bytes())
+    penalty = SizePenalty(table, target, kind=sopts["penalty"], weight=float(sopts["penalty_weight"]))
+    architect = Architect(net.arch, penalty=penalty, lr=float(sopts["arch_lr"]), mode=sopts["mode"],
+                          warmup_epochs=float(sopts["warmup_epochs"]))
+    schedule = TemperatureSchedule(float(sopts["tau_start"]), float(sopts["tau_end"]),
+                                   total=float(topts.epochs), kind=sopts["tau_schedule"])
+
+    loss_fn, compiler, den = make_lfmmi(corpus, cfg.get("lfmmi"))
+    all_train = corpus.cuts("train")
+    frac = float(sopts["held_out_fraction"]) if sopts["mode"] == "bilevel" else 0.0
+    train_cuts, held_cuts = split_train(all_train, frac)
+    if sopts["mode"] == "bilevel" and (held_cuts is None or len(held_cuts) == 0):
+        raise SystemExit("bilevel search needs a non-empty held-out split: raise search.held_out_fraction")
+    train = make_batches(train_cuts, corpus, topts.max_duration, True, topts.seed, dinfo)
+    held = make_batches(held_cuts, corpus, topts.max_duration, True, topts.seed + 1, dinfo) \
+        if held_cuts is not None else None
+    valid = make_batches(corpus.cuts("dev"), corpus, topts.valid_max_duration, False, 0, dinfo)
+    hook = SearchHook(net, architect, schedule, held, sopts, space, out)
+    trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, [hook],
+                      params=net.weight_parameters(), show_progress=not args.no_progress)
+    with open(out / "search_config.json", "w") as f:
+        json.dump({"train": vars(topts), "search": sopts, "target_bytes": target, "fp32_bytes": fp32,
+                   "space": space.name, "bottleneck_search": not args.no_bottleneck_search}, f, indent=1)
+    trainer.fit(resume=args.resume)
+    distributed.cleanup(dinfo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Model files for decoding: ``model.pt`` (float weights + config + CMVN) and packed ``.safetensors``.
+
+``model.pt`` is a plain dict of tensors and strings, read with ``weights_only=True``. The packed file is
+:mod:`quant.packing`'s format; the CMVN statistics ride in its metadata so the file alone suffices.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from training import checkpoint as ckpt
+from training.data import Cmvn
+
+
+def save_model_file(model, path, cmvn: Optional[Cmvn] = None) -> None:
+    obj = {"config": model.cfg.to_json(), "state_dict": model.state_dict(), "format": "green-asr-model-v1"}
+    if cmvn is not None:
+        obj["cmvn_mean"] = cmvn.mean.clone()
+        obj["cmvn_std"] = cmvn.std.clone()
+    ckpt.save_atomic(obj, path)
+
+
+def cmvn_metadata(cmvn: Optional[Cmvn]) -> dict:
+    if cmvn is None:
+        return {}
+    return {"cmvn": json.dumps({"mean": cmvn.mean.tolist(), "std": cmvn.std.tolist()})}
+
+
+def load_model_file(path, device="cpu"):
+    from models.tdnnf import TDNNFConfig, build_model
+
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        from quant.packing import load_packed, read_header
+
+        model = load_packed(str(p), device=str(device))
+        meta = read_header(str(p)).get("__metadata__", {})
+        model.cmvn = Cmvn(**json.loads(meta["cmvn"])) if "cmvn" in meta else None
+        return model
+    obj = ckpt.load(p, map_location="cpu")
+    if obj.get("format") != "green-asr-model-v1":
+        raise ValueError(f"{p} is not a model file written by retrain.py (format={obj.get('format')!r})")
+    cfg = TDNNFConfig.from_dict(json.loads(obj["config"]))
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as e:
+        raise RuntimeError(f"{p}: weights do not match the recorded architecture: {e}") from e
+    model.cmvn = Cmvn(obj["cmvn_mean"], obj["cmvn_std"]) if "cmvn_mean" in obj else None
+    return model.to(device)
