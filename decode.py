@@ -7,7 +7,9 @@
   python decode.py ... --compare exp/base/decode_test   # significance against a baseline's hyps
 
 Writes hyps.txt, refs.txt, alignments.txt, per_utt.jsonl, wer.json (and sweep.json,
-significance.json) into --out. The graph is cached under --graph-cache keyed by lexicon + LM.
+significance.json) into --out. All WER figures are percentages ("wer": 12.5 means 12.5 %); with
+--compare, wer.json["compare"] holds "delta_wer" (this minus baseline, percent points), "mapsswe"
+and "bootstrap" (each with "p_value"). The graph is cached under --graph-cache keyed by lexicon + LM.
 """
 from __future__ import annotations
 
@@ -176,10 +178,16 @@ def main(argv=None):
 
         base = read_text_file(os.path.join(args.compare, "hyps.txt"))
         sig = compare_systems(cut_references(cuts), base, hyps, seed=args.seed)
+        # A = baseline, B = this system; delta_wer = WER(this) - WER(baseline) in percent points
+        compare = {"baseline": args.compare, "delta_wer": -sig["bootstrap"]["wer_diff"],
+                   "baseline_wer": sig["bootstrap"]["wer_a"], **sig}
         with open(os.path.join(out_dir, "significance.json"), "w") as f:
-            json.dump(dict(sig, system_a=args.compare, system_b=out_dir), f, indent=1)
-        log.info("vs %s: bootstrap p=%.4g, MAPSSWE p=%s", args.compare, sig["bootstrap"]["p_value"],
-                 sig.get("mapsswe", {}).get("p_value"))
+            json.dump(compare, f, indent=1)
+        summary["compare"] = compare
+        with open(os.path.join(out_dir, "wer.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        log.info("vs %s: dWER %+.2f, bootstrap p=%.4g, MAPSSWE p=%.4g", args.compare,
+                 compare["delta_wer"], sig["bootstrap"]["p_value"], sig["mapsswe"]["p_value"])
     print(json.dumps(summary, indent=1))
     return 0
 

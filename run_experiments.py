@@ -160,7 +160,7 @@ class Runner:
              "ratio": size["fp32_bytes"] / size["payload_bytes"]}
         for split in self.splits:
             w = json.load(open(d / f"decode_{split}" / "wer.json"))
-            r[f"wer_{split}"] = w["wer"]
+            r[f"wer_{split}"] = w["wer"]  # percent
             cmp = w.get("compare") or {}
             r[f"p_{split}"] = cmp.get("mapsswe", {}).get("p_value")
             r[f"delta_{split}"] = cmp.get("delta_wer")
@@ -180,11 +180,11 @@ class Runner:
         for r in rows:
             cells = [r["system"], r["bits"], r["bottlenecks"] or "-", f"{r['bytes']:,}", f"{r['ratio']:.1f}x"]
             for sp in self.splits:
-                cells.append(f"{100 * r[f'wer_{sp}']:.2f}")
+                cells.append(f"{r[f'wer_{sp}']:.2f}")
                 if r.get(f"p_{sp}") is None:
                     cells.append("-")
                 else:
-                    cells.append(f"{100 * r[f'delta_{sp}']:+.2f} (p={r[f'p_{sp}']:.3f})")
+                    cells.append(f"{r[f'delta_{sp}']:+.2f} (p={r[f'p_{sp}']:.3f})")
             lines.append("| " + " | ".join(cells) + " |")
         (self.out / "results.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
@@ -202,7 +202,7 @@ class Runner:
             return
         fig, ax = plt.subplots(figsize=(6, 4))
         for kind in KINDS:
-            pts = sorted((r["bytes"], 100 * r[f"wer_{split}"], r["system"]) for r in rows if r["kind"] == kind)
+            pts = sorted((r["bytes"], r[f"wer_{split}"], r["system"]) for r in rows if r["kind"] == kind)
             if pts:
                 ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "o-", label=kind)
         ax.set_xscale("log")

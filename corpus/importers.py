@@ -220,6 +220,37 @@ def import_kaldi(data_dir: Path, sample_rate: int, log: SkipLog, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------- Switchboard
+def find_swbd_lexicon(transcripts_dir: Path) -> Path:
+    """The MS98 lexicon shipped with the transcripts (``sw-ms98-dict.text``)."""
+    hits = sorted(Path(transcripts_dir).rglob("sw-ms98-dict.text"))
+    if not hits:
+        raise FileNotFoundError("no sw-ms98-dict.text under %s (the Switchboard lexicon of the MS98 "
+                                "transcripts); use --lexicon cmudict or a Kaldi lexicon.txt" % transcripts_dir)
+    return hits[0]
+
+
+def load_swbd_lexicon(path: Path):
+    """Read ``sw-ms98-dict.text`` (``word ph ph ...``, ``#`` comments) as a Lexicon: words and phones
+    upper-cased, noise entries (``[laughter]`` ...) left out (the normaliser drops those tokens)."""
+    from lang.lexicon import Lexicon
+
+    prons: Dict[str, List[Tuple[str, ...]]] = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        parts = line.split()
+        if not parts or line.startswith("#") or parts[0].startswith("[") or len(parts) < 2:
+            continue
+        word = parts[0].upper()
+        pron = tuple(p.upper() for p in parts[1:])
+        if "SIL" in pron:
+            continue
+        lst = prons.setdefault(word, [])
+        if pron not in lst:
+            lst.append(pron)
+    if not prons:
+        raise ValueError("%s holds no pronunciations" % path)
+    return Lexicon(prons)
+
+
 def import_switchboard(audio_dir: Path, transcripts_dir: Path, sample_rate: int, log: SkipLog,
                        seed: int = 0) -> Dict[str, object]:
     """Switchboard-1 (LDC97S62 audio, MS98 transcripts) via ``lhotse.recipes.prepare_switchboard``.
@@ -232,9 +263,9 @@ def import_switchboard(audio_dir: Path, transcripts_dir: Path, sample_rate: int,
     from lhotse.recipes import prepare_switchboard
     from lhotse.utils import fastcopy
 
-    audio_dir, transcripts_dir = Path(audio_dir), Path(transcripts_dir)
     if transcripts_dir is None or not Path(transcripts_dir).is_dir():
         raise FileNotFoundError("Switchboard transcripts dir %s not found (swb_ms98_transcriptions)" % transcripts_dir)
+    audio_dir, transcripts_dir = Path(audio_dir), Path(transcripts_dir)
     if not audio_dir.is_dir():
         raise FileNotFoundError("Switchboard audio dir %s not found (LDC97S62)" % audio_dir)
     if shutil.which("sph2pipe") is None and "LHOTSE_AUDIO_BACKEND" not in os.environ:

@@ -53,6 +53,7 @@ def split_stats(cuts) -> Dict[str, object]:
         "vocabulary": len({w for t in texts for w in t.split()}),
         "words": sum(len(t.split()) for t in texts),
         "example": texts[0] if texts else "",
+        "speaker_ids": sorted({c.supervisions[0].speaker for c in cuts})[:200],
     }
 
 

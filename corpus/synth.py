@@ -14,6 +14,7 @@ Same seed -> byte-identical audio and manifests.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -107,15 +108,16 @@ class Job:
 
 
 def _run_job(job: Job) -> int:
-    outs = {it.utt_id: Path(p) for it, p in zip(job.items, job.paths)}
-    tts.synthesize(job.items, outs, job.sample_rate)
-    for it, (kind, snr) in zip(job.items, job.noise):
-        if not kind:
-            continue
-        path = outs[it.utt_id]
-        x, sr = sf.read(str(path), dtype="float64")
-        y = add_noise(x, kind, snr, _utt_rng(job.seed, it.utt_id))
-        sf.write(str(path), y, sr, subtype="PCM_16")
+    """Synthesise one chunk; each file appears atomically (written as ``*.part.wav``, then renamed)."""
+    parts = {it.utt_id: Path(p).with_suffix(".part.wav") for it, p in zip(job.items, job.paths)}
+    tts.synthesize(job.items, parts, job.sample_rate)
+    for it, (kind, snr), final in zip(job.items, job.noise, job.paths):
+        path = parts[it.utt_id]
+        if kind:
+            x, sr = sf.read(str(path), dtype="float64")
+            y = add_noise(x, kind, snr, _utt_rng(job.seed, it.utt_id))
+            sf.write(str(path), y, sr, subtype="PCM_16")
+        os.replace(path, final)
     return len(job.items)
 
 
@@ -145,8 +147,12 @@ def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str
 
 
 def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 16000, num_jobs: int = 2,
-                progress: bool = True):
-    """Synthesise the corpus audio under ``out_dir/audio`` and return ``{split: CutSet}`` (no features)."""
+                progress: bool = True, resume: bool = False):
+    """Synthesise the corpus audio under ``out_dir/audio`` and return ``{split: CutSet}`` (no features).
+
+    With ``resume``, chunks whose audio files all exist already are not synthesised again (files are
+    written atomically, so an interrupted build leaves no half-written audio).
+    """
     from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
     from tqdm import tqdm
 
@@ -166,6 +172,10 @@ def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 1600
                 chunk = tuple(lst[k:k + CHUNK])
                 jobs.append(Job(chunk, tuple(str(audio_dir / (it.utt_id + ".wav")) for it in chunk),
                                 tuple(noise.get(it.utt_id, ("", 0.0)) for it in chunk), sample_rate, seed))
+    if resume:
+        n_before = len(jobs)
+        jobs = [j for j in jobs if not all(Path(p).is_file() for p in j.paths)]
+        logger.info("resume: %d of %d synthesis chunks already done", n_before - len(jobs), n_before)
     t = time.time()
     total = sum(len(j.items) for j in jobs)
     with tqdm(total=total, desc="synthesising", unit="utt", disable=not progress) as bar:

@@ -91,6 +91,15 @@ def check_engines() -> None:
             "TTS programs missing: %s. Install the Debian packages: flite festival festvox-kallpc16k "
             "festvox-kdlpc16k festvox-us-slt-hts espeak-ng sox" % ", ".join(missing)
         )
+    flite_voices = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
+    fest_dirs = {p.name for p in Path("/usr/share/festival/voices").glob("*/*")}
+    lacking = [b.voice for b in BASE_VOICES if (b.engine == "flite" and b.voice not in flite_voices)
+               or (b.engine == "festival" and b.voice not in fest_dirs)]
+    if lacking:
+        raise RuntimeError(
+            "TTS voices missing: %s. Install the Debian packages flite festvox-kallpc16k festvox-kdlpc16k "
+            "festvox-us-slt-hts" % ", ".join(lacking)
+        )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ __all__ = [
     "transcripts_to_phone_seqs",
     "compute_initial_probs",
     "compose_with_den",
+    "minimize_acceptor",
     "entry_pdf",
     "selfloop_pdf",
 ]
@@ -211,8 +212,9 @@ def compute_initial_probs(num_states: int, src: np.ndarray, dst: np.ndarray, log
                           iters: int = 100) -> np.ndarray:
     """Kaldi's DenominatorGraph::SetInitialProbs.
 
-    Normalise each state's out-going mass (arcs, plus final mass which returns to the start state),
-    put all mass on the start state, propagate ``iters`` times (renormalising), and average.
+    Normalise each state's out-going mass (arcs plus final prob), put all mass on the start state,
+    propagate ``iters`` times (the final-prob share leaves the HMM; renormalise the rest each time),
+    and average the iterates.
     """
     w = np.exp(logw)
     fin = np.zeros(num_states) if final_logw is None else np.where(np.isfinite(final_logw), np.exp(final_logw), 0.0)
@@ -221,14 +223,12 @@ def compute_initial_probs(num_states: int, src: np.ndarray, dst: np.ndarray, log
     out = out + fin
     out_safe = np.where(out > 0, out, 1.0)
     p = w / out_safe[src]
-    pf = fin / out_safe
     cur = np.zeros(num_states)
     cur[start] = 1.0
     avg = np.zeros(num_states)
     for _ in range(iters):
         nxt = np.zeros(num_states)
         np.add.at(nxt, dst, cur[src] * p)
-        nxt[start] += float((cur * pf).sum())
         tot = nxt.sum()
         if tot <= 0:
             raise ValueError("compute_initial_probs: probability mass vanished (dead-end graph)")
@@ -260,7 +260,8 @@ class DenGraph:
         self.init = np.asarray(init, dtype=np.float64)
         if abs(self.init.sum() - 1.0) > 1e-6:
             raise ValueError("DenGraph: initial probs must sum to 1")
-        self._cache: Dict[Tuple[str, str], Dict[str, object]] = {}
+        self._cache: Dict[Tuple[str, str, bool], Dict[str, object]] = {}
+        self.use_structure = True  # chain-structured fast path in the torch backend (same results)
 
     @property
     def num_states(self) -> int:
@@ -276,10 +277,38 @@ class DenGraph:
             return DenGraph(self.fsa, self.num_pdfs, init_mode=mode_or_probs)
         return DenGraph(self.fsa, self.num_pdfs, init=np.asarray(mode_or_probs))
 
+    def chain_structure(self) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """If every state's incoming non-self-loop arcs share one pdf and each state has at most one
+        self-loop (true of chain-topology den graphs), returns per-state (entry_pdf, loop_pdf, loop_prob)
+        (pdf 0 / prob 0 where a state has none); else None."""
+        f = self.fsa
+        S = f.num_states
+        selfarc = f.src == f.dst
+        entry_pdf = np.full(S, -1, dtype=np.int64)
+        ok = True
+        d, l_ = f.dst[~selfarc], f.label[~selfarc]
+        entry_pdf[d] = l_
+        if np.any(entry_pdf[d] != l_):
+            ok = False
+        # an arc i -> i with the entry pdf (phone k followed by phone k) is an entry arc too
+        loop = selfarc & (f.label != entry_pdf[f.dst])
+        loop_pdf = np.zeros(S, dtype=np.int64)
+        loop_prob = np.zeros(S)
+        ls = f.src[loop]
+        if len(np.unique(ls)) != len(ls):
+            ok = False
+        loop_pdf[ls] = f.label[loop]
+        loop_prob[ls] = np.exp(f.logw[loop])
+        if not ok:
+            return None
+        return entry_pdf, loop_pdf, loop_prob
+
     def tensors(self, device, dtype) -> Dict[str, object]:
+        """Torch tensors for the backends (cached per device and dtype). With ``use_structure`` (default)
+        and a chain-structured graph, also sparse CSR matrices of the entry arcs for the fast path."""
         import torch
 
-        key = (str(device), str(dtype))
+        key = (str(device), str(dtype), bool(self.use_structure))
         t = self._cache.get(key)
         if t is None:
             f = self.fsa
@@ -290,6 +319,28 @@ class DenGraph:
                 "prob": torch.as_tensor(np.exp(f.logw), dtype=dtype, device=device),
                 "init": torch.as_tensor(self.init, dtype=dtype, device=device),
             }
+            st = self.chain_structure() if self.use_structure else None
+            if st is not None:
+                import warnings
+
+                entry_pdf, loop_pdf, loop_prob = st
+                loop = (f.src == f.dst) & (f.label != entry_pdf[f.dst])
+                S = f.num_states
+                idx = torch.as_tensor(np.stack([f.dst[~loop], f.src[~loop]]))
+                val = torch.as_tensor(np.exp(f.logw[~loop]), dtype=dtype)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "sparse CSR is beta" (torch 1.13 .. 2.x)
+                    try:
+                        Pt = torch.sparse_coo_tensor(idx, val, (S, S)).coalesce()
+                        P = torch.sparse_coo_tensor(idx.flip(0), val, (S, S)).coalesce()
+                        t["Pt"] = Pt.to_sparse_csr().to(device)
+                        t["P"] = P.to_sparse_csr().to(device)
+                        t["entry_pdf"] = torch.as_tensor(np.maximum(entry_pdf, 0), device=device)
+                        t["loop_pdf"] = torch.as_tensor(loop_pdf, device=device)
+                        t["loop_prob"] = torch.as_tensor(loop_prob, dtype=dtype, device=device).unsqueeze(1)
+                    except (RuntimeError, NotImplementedError):  # pragma: no cover - no CSR support
+                        t.pop("Pt", None)
+                        t.pop("P", None)
             self._cache[key] = t
         return t
 
@@ -297,13 +348,52 @@ class DenGraph:
         return f"DenGraph(states={self.num_states}, arcs={self.num_arcs}, pdfs={self.num_pdfs})"
 
 
-def den_graph_from_phone_lm(lm: PhoneLM, num_phones: int, init_mode: str = "kaldi") -> DenGraph:
+def minimize_acceptor(fsa: Fsa, final_logw: np.ndarray, digits: int = 5) -> Tuple[Fsa, np.ndarray]:
+    """Minimise a deterministic weighted acceptor without weight pushing (Kaldi MinimizeAcceptorNoPush:
+    (label, weight) pairs encoded as symbols, weights quantised to ``digits`` decimals), by Moore
+    partition refinement. Returns the quotient Fsa (same ``final`` convention) and its final_logw."""
+    n = fsa.num_states
+    q = np.round(fsa.logw, digits)
+    qf = np.round(np.where(np.isfinite(final_logw), final_logw, -1e30), digits)
+    out: List[List[int]] = [[] for _ in range(n)]
+    for e, s_ in enumerate(fsa.src.tolist()):
+        out[s_].append(e)
+    lab = fsa.label.tolist()
+    dst = fsa.dst.tolist()
+    qw = q.tolist()
+    fin0 = np.round(np.where(np.isfinite(fsa.final), fsa.final, -1e30), digits).tolist()
+    keys = [(fin0[s_], qf[s_]) for s_ in range(n)]
+    ids: Dict[object, int] = {}
+    block = [ids.setdefault(k, len(ids)) for k in keys]
+    nblocks = len(ids)
+    while True:
+        ids = {}
+        new_block = []
+        for s_ in range(n):
+            sig = (block[s_], tuple(sorted((lab[e], qw[e], block[dst[e]]) for e in out[s_])))
+            new_block.append(ids.setdefault(sig, len(ids)))
+        block = new_block
+        if len(ids) == nblocks:
+            break
+        nblocks = len(ids)
+    rep = {}
+    for s_ in range(n):
+        rep.setdefault(block[s_], s_)
+    b = np.asarray(block)
+    keep = np.array([rep[block[s_]] == s_ for s_ in fsa.src.tolist()], dtype=bool)
+    m = Fsa(nblocks, b[fsa.src[keep]], b[fsa.dst[keep]], fsa.label[keep], fsa.logw[keep], start=int(b[fsa.start]),
+            final=np.array([fsa.final[rep[k]] for k in range(nblocks)]))
+    return m, np.array([final_logw[rep[k]] for k in range(nblocks)])
+
+
+def den_graph_from_phone_lm(lm: PhoneLM, num_phones: int, init_mode: str = "kaldi",
+                            minimize: bool = True) -> DenGraph:
     """Compose the phone LM with the chain topology.
 
     Each LM state whose history ends in phone k is "inside phone k": it gets a self-loop (pdf 2k+1,
     prob 1). Each LM arc h --k--> h' becomes an entry arc h -> h' with pdf 2k and the LM probability.
     The BOS state (start) has no self-loop. All states are final (prob 1) for training; the LM's
-    end-of-sentence mass only feeds the initial-probability computation (it returns to the start).
+    end-of-sentence mass only enters the initial-probability computation (as Kaldi's final-probs).
     """
     if lm.order < 2:
         raise ValueError("the den graph needs a phone LM of order >= 2 (the state must know its phone)")
@@ -322,15 +412,19 @@ def den_graph_from_phone_lm(lm: PhoneLM, num_phones: int, init_mode: str = "kald
     n = lm.num_states
     fsa = Fsa(n, src, dst, pdf, lw, start=lm.start, final=np.zeros(n))
     lm_final = np.array([math.log(f) if f > 0 else -np.inf for f in lm.final_prob])
+    if minimize:
+        fsa, lm_final = minimize_acceptor(fsa, lm_final)
     return DenGraph(fsa, 2 * num_phones, init_mode=init_mode, lm_final_logw=lm_final)
 
 
 def build_den_graph(lexicon, transcripts: Iterable[str], order: int = 3, sil_prob: float = 0.5,
-                    num_extra_states: Optional[int] = None, init_mode: str = "kaldi") -> DenGraph:
-    """Phone n-gram (``order``) from the transcripts' phone sequences, composed with the chain topology."""
+                    num_extra_states: Optional[int] = None, init_mode: str = "kaldi",
+                    minimize: bool = True) -> DenGraph:
+    """Phone n-gram (``order``) from the transcripts' phone sequences, composed with the chain topology,
+    minimised as Kaldi's den FST (same weighted language, fewer states)."""
     seqs, ws = transcripts_to_phone_seqs(lexicon, transcripts, sil_prob)
     lm = estimate_phone_lm(seqs, order=order, num_extra_states=num_extra_states, weights=ws)
-    return den_graph_from_phone_lm(lm, len(lexicon.phones), init_mode=init_mode)
+    return den_graph_from_phone_lm(lm, len(lexicon.phones), init_mode=init_mode, minimize=minimize)
 
 
 # ------------------------------------------------------------------------------------ num graphs

@@ -47,6 +47,7 @@ def _den_alpha(xT: torch.Tensor, lengths: torch.Tensor, g: Dict[str, torch.Tenso
     alpha = init.unsqueeze(1).expand(S, B).clone()
     prob_col = prob.unsqueeze(1)
     init_col = init.unsqueeze(1)
+    structured = "Pt" in g
     for t in range(T + 1):
         ct = alpha.sum(0)
         c[t] = ct
@@ -54,10 +55,17 @@ def _den_alpha(xT: torch.Tensor, lengths: torch.Tensor, g: Dict[str, torch.Tenso
         alpha_p[t] = ap
         if t == T:
             break
-        # per-arc messages (E, B); 1/c(t) folded into the state vector
-        scaled = ap / ct.unsqueeze(0)
-        msg = scaled.index_select(0, src) * xT[t].index_select(0, pdf) * prob_col
-        new = alpha.new_zeros((S, B)).index_add_(0, dst, msg)
+        scaled = ap / ct.unsqueeze(0)  # 1/c(t) folded into the state vector
+        if structured:
+            # chain structure: every arc into state i has pdf entry_pdf[i] (or is i's self-loop), so
+            # alpha(t+1) = x_entry * (Pt @ scaled) + x_loop * loop_prob * scaled
+            xt = xT[t]
+            new = xt.index_select(0, g["entry_pdf"]) * (g["Pt"] @ scaled)
+            new = new + xt.index_select(0, g["loop_pdf"]) * g["loop_prob"] * scaled
+        else:
+            # per-arc messages (E, B)
+            msg = scaled.index_select(0, src) * xT[t].index_select(0, pdf) * prob_col
+            new = alpha.new_zeros((S, B)).index_add_(0, dst, msg)
         # sequences already finished keep their state (values after T_b are never used)
         done = (lengths <= t).unsqueeze(0)
         alpha = torch.where(done, alpha, new)
@@ -85,15 +93,25 @@ def _den_beta(xT: torch.Tensor, lengths: torch.Tensor, g: Dict[str, torch.Tensor
     prob_col = prob.unsqueeze(1)
     init_col = init.unsqueeze(1)
     err_ab = xT.new_zeros(B)
+    structured = "Pt" in g
     for t in range(T - 1, -1, -1):
         inject = (lengths == t + 1).unsqueeze(0)
         betap = torch.where(inject, (1.0 / tot).unsqueeze(0).expand(S, B), betap)
         beta = betap + eta * (betap * init_col).sum(0, keepdim=True) if eta != 0.0 else betap
-        w = xT[t].index_select(0, pdf) * prob_col / c[t].unsqueeze(0)  # (E, B)
-        bw = beta.index_select(0, dst) * w
-        new_betap = betap.new_zeros((S, B)).index_add_(0, src, bw)
-        post = alpha_p[t].index_select(0, src) * bw
-        gamma[t].index_add_(0, pdf, post)
+        if structured:
+            xt = xT[t]
+            inv_c = 1.0 / c[t].unsqueeze(0)
+            be = beta * xt.index_select(0, g["entry_pdf"]) * inv_c       # (S, B)
+            bl = beta * xt.index_select(0, g["loop_pdf"]) * g["loop_prob"] * inv_c
+            new_betap = g["P"] @ be + bl
+            gamma[t].index_add_(0, g["entry_pdf"], (g["Pt"] @ alpha_p[t]) * be)
+            gamma[t].index_add_(0, g["loop_pdf"], alpha_p[t] * bl)
+        else:
+            w = xT[t].index_select(0, pdf) * prob_col / c[t].unsqueeze(0)  # (E, B)
+            bw = beta.index_select(0, dst) * w
+            new_betap = betap.new_zeros((S, B)).index_add_(0, src, bw)
+            post = alpha_p[t].index_select(0, src) * bw
+            gamma[t].index_add_(0, pdf, post)
         valid = (lengths > t).unsqueeze(0)
         betap = torch.where(valid, new_betap, torch.zeros_like(new_betap))
         if check_frames == "all" or t == 0:

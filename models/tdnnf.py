@@ -2,12 +2,14 @@
 
 Network (Kaldi swbd ``tdnn_7r`` shape, sizes from :class:`TDNNFConfig`)::
 
-    input (B,T,F) --edge-replicated context--> tdnn1: splice(tdnn1_context) [+ i-vector] -> affine -> ReLU -> BN -> dropout
+    input (B,T,F) --edge-replicated context-->
+    tdnn1:            splice(tdnn1_context) [+ i-vector] -> affine -> ReLU -> BN -> dropout
     tdnnf_i (i=1..N): linear D_in->b  (offsets -s,0, no bias, semi-orthogonal, floating scale)
                       affine b->D     (offsets 0,s, bias) -> ReLU -> BN(no affine) -> continuous dropout
                       out = bypass_scale * in + layer_out        (stride 0 = 1x1; no bypass if D_in != D)
     prefinal_l:       linear D -> small (semi-orthogonal), shared by both heads (Kaldi ``prefinal-l``)
-    chain head:       prefinal_chain = affine small->big, ReLU, BN, linear big->small (semi-orth.), BN; output = affine small->num_pdfs
+    chain head:       prefinal_chain = affine small->big, ReLU, BN, linear big->small (semi-orth.), BN;
+                      output = affine small->num_pdfs (no log-softmax)
     xent head:        prefinal_xent (same shape, own weights) -> affine -> log_softmax        (training only)
 
 Weight layout is Kaldi's: a TDNN weight is a matrix ``(out, k * in)`` whose columns are the ``k`` time offsets
@@ -26,8 +28,11 @@ frames before time 0 repeat frame 0; frames after ``lengths[b] - 1`` repeat fram
 padding never leaks into an utterance's outputs), then evaluates every layer without padding ("valid").
 Output frames at or past ``out_lengths[b]`` are padding (computed from replicated frames), never use them.
 
-BatchNorm in training sees every evaluated frame of the batch, including the replicated context frames and
-batch padding (as Kaldi's BN sees the chunk context); it has no learned scale/offset (Kaldi ``batchnorm``).
+BatchNorm has no learned scale/offset (Kaldi ``batchnorm``). In training its batch statistics (and the
+running statistics it accumulates) use only the frames whose time lies inside their utterance,
+``0 <= t < lengths[b]``, so replicated context and batch padding do not bias them
+(``bn_mask_padding: true``, default; ``false`` = plain BatchNorm over every evaluated frame). In eval mode
+the running statistics are used and the mask plays no part.
 
 Per-weight bits: ``config.weight_bits`` maps weight names (see :func:`weight_names`) to ``{1,2,4,8,32}``;
 missing names are 32 (float). When ``bits < 32`` the forward uses
@@ -87,6 +92,7 @@ class TDNNFConfig:
     quant_scale: str = "maxabs"
     bn_eps: float = 1e-3
     bn_momentum: float = 0.1
+    bn_mask_padding: bool = True
 
     # ---- construction / validation ----
     @classmethod
@@ -385,12 +391,34 @@ def factored_tdnn(x: torch.Tensor, w_linear: torch.Tensor, w_affine: torch.Tenso
     return tdnn_conv(tdnn_conv(x, w_linear, None, stride), w_affine, bias, stride)
 
 
+def batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """BatchNorm (no affine) of (B, C, T); in training the statistics use only frames where ``mask``
+    (broadcastable to (B, 1, T)) is true, and update ``bn``'s running stats like nn.BatchNorm1d does."""
+    if mask is None or not bn.training:
+        return bn(x)
+    m = mask.to(x.dtype).expand(x.shape[0], 1, x.shape[2])
+    n = m.sum()
+    if float(n) < 2:
+        return bn(x)
+    mean = (x * m).sum(dim=(0, 2)) / n
+    xc = x - mean[None, :, None]
+    var = (xc.square() * m).sum(dim=(0, 2)) / n
+    if bn.track_running_stats:
+        with torch.no_grad():
+            mom = bn.momentum if bn.momentum is not None else 0.1
+            bn.running_mean.mul_(1 - mom).add_(mom * mean.detach())
+            bn.running_var.mul_(1 - mom).add_(mom * var.detach() * (n / (n - 1)))
+            bn.num_batches_tracked += 1
+    return xc * torch.rsqrt(var + bn.eps)[None, :, None]
+
+
 def tdnnf_layer_forward(x: torch.Tensor, w_linear: torch.Tensor, w_affine: torch.Tensor, bias: torch.Tensor,
                         stride: int, bn: nn.Module, dropout_p: float, bypass_scale: float,
-                        training: bool) -> torch.Tensor:
-    """One TDNN-F layer given its (already quantized) weights; ``stride`` on the current frame grid."""
+                        training: bool, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One TDNN-F layer given its (already quantized) weights; ``stride`` on the current frame grid;
+    ``mask`` (B, 1, T_out) marks the output frames BatchNorm statistics may use (None: all)."""
     y = factored_tdnn(x, w_linear, w_affine, bias, stride)
-    y = continuous_dropout(bn(F.relu(y)), dropout_p, training)
+    y = continuous_dropout(batch_norm(F.relu(y), bn, mask), dropout_p, training)
     if bypass_scale and x.shape[1] == y.shape[1]:
         y = y + bypass_scale * (x[:, :, stride: x.shape[2] - stride] if stride > 0 else x)
     return y
@@ -424,7 +452,7 @@ def semi_orthogonal_step_(w: torch.Tensor) -> float:
     if ratio > 1.1:
         speed *= 0.5
     alpha = speed / scale2
-    P = P - scale2 * torch.eye(rows, dtype=P.dtype)
+    P = P - scale2 * torch.eye(rows, dtype=P.dtype, device=P.device)
     M = M - 4.0 * alpha * (P @ M)
     w.copy_((M.t() if transpose else M).to(w.dtype))
     return ratio
@@ -437,7 +465,8 @@ def semi_orthogonality_error(w: torch.Tensor) -> float:
         M = M.t()
     P = M @ M.t()
     s2 = (P * P).sum() / torch.trace(P)
-    return float(torch.linalg.norm(P - s2 * torch.eye(P.shape[0], dtype=P.dtype)) / (s2 * math.sqrt(P.shape[0])))
+    eye = torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
+    return float(torch.linalg.norm(P - s2 * eye) / (s2 * math.sqrt(P.shape[0])))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -601,9 +630,16 @@ class TDNNF(nn.Module):
         layer = self.tdnnfs[i]
         return self.qw(f"tdnnf{i + 1}.linear", layer.linear), self.qw(f"tdnnf{i + 1}.affine", layer.affine)
 
-    def _prefinal(self, x, m: Prefinal, prefix: str) -> torch.Tensor:
-        x = m.bn1(F.relu(pointwise(x, self.qw(prefix + ".affine", m.affine), m.bias)))
-        return m.bn2(pointwise(x, self.qw(prefix + ".linear", m.linear)))
+    def _prefinal(self, x, m: Prefinal, prefix: str, mask=None) -> torch.Tensor:
+        x = batch_norm(F.relu(pointwise(x, self.qw(prefix + ".affine", m.affine), m.bias)), m.bn1, mask)
+        return batch_norm(pointwise(x, self.qw(prefix + ".linear", m.linear)), m.bn2, mask)
+
+    def _mask(self, lengths: torch.Tensor, t0: int, step: int, T: int) -> Optional[torch.Tensor]:
+        """(B, 1, T) frames of the current grid (index j = time t0 + step*j) inside their utterance."""
+        if not (self.training and self.cfg.bn_mask_padding):
+            return None
+        t = t0 + step * torch.arange(T, device=lengths.device)
+        return ((t[None, :] >= 0) & (t[None, :] < lengths[:, None]))[:, None, :]
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, ivectors: Optional[torch.Tensor] = None):
         cfg = self.cfg
@@ -633,25 +669,31 @@ class TDNNF(nn.Module):
                 raise ValueError(f"ivectors must be ({B}, {cfg.ivector_dim}), got {tuple(ivectors.shape)}")
             x = torch.cat([x, ivectors[:, :, None].expand(B, cfg.ivector_dim, x.shape[2])], dim=1)
         x = pointwise(x, self.qw("tdnn1", self.tdnn1), self.tdnn1_bias)
-        x = continuous_dropout(self.tdnn1_bn(F.relu(x)), self.dropout_p, self.training)
+        lens = lengths.to(feats.device)
+        x = batch_norm(F.relu(x), self.tdnn1_bn, self._mask(lens, t0, 1, x.shape[2]))
+        x = continuous_dropout(x, self.dropout_p, self.training)
         sp = subsampling_point(cfg.time_strides, f)
+        step = 1
         for i, layer in enumerate(self.tdnnfs):
             if i == sp:
                 x, t0 = self._subsample(x, t0, f)
+                step = f
             s = layer.stride if i < sp else layer.stride // f
             w_lin, w_aff = self.layer_weights(i)
-            x = tdnnf_layer_forward(x, w_lin, w_aff, layer.bias, s, layer.bn, self.dropout_p, cfg.bypass_scale,
-                                    self.training)
             t0 += layer.stride
+            mask = self._mask(lens, t0, step, x.shape[2] - 2 * s)
+            x = tdnnf_layer_forward(x, w_lin, w_aff, layer.bias, s, layer.bn, self.dropout_p, cfg.bypass_scale,
+                                    self.training, mask)
         if sp == len(self.tdnnfs):
             x, t0 = self._subsample(x, t0, f)
         assert t0 == 0 and x.shape[2] == T_out, (t0, x.shape, T_out)
+        mask = self._mask(lens, 0, f, T_out)
         h = pointwise(x, self.qw("prefinal_l", self.prefinal_l))
-        c = self._prefinal(h, self.prefinal_chain, "prefinal_chain")
+        c = self._prefinal(h, self.prefinal_chain, "prefinal_chain", mask)
         chain = pointwise(c, self.qw("output", self.output), self.output_bias).transpose(1, 2)
         xent = None
         if cfg.xent:
-            xh = self._prefinal(h, self.prefinal_xent, "prefinal_xent")
+            xh = self._prefinal(h, self.prefinal_xent, "prefinal_xent", mask)
             xent = F.log_softmax(pointwise(xh, self.qw("output_xent", self.output_xent), self.output_xent_bias)
                                  .transpose(1, 2), dim=-1)
         out_lengths = (lengths + f - 1) // f

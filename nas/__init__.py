@@ -23,8 +23,17 @@ from nas.penalty import SizeTable, SizePenalty, PENALTY_KINDS
 from nas.architect import Architect
 from nas.derive import derive_genotype, probability_matrices, render_prob_image, log_arch_tensorboard
 
+
+def __getattr__(name):  # lazy: nas.hooks imports the trainer
+    if name == "ArchSearchHook":
+        from nas.hooks import ArchSearchHook
+
+        return ArchSearchHook
+    raise AttributeError(name)
+
+
 __all__ = [
     "ArchParams", "LayerChoices", "gumbel_softmax", "one_hot_like", "TemperatureSchedule", "SizeTable",
     "SizePenalty", "PENALTY_KINDS", "Architect", "derive_genotype", "probability_matrices",
-    "render_prob_image", "log_arch_tensorboard",
+    "render_prob_image", "log_arch_tensorboard", "ArchSearchHook",
 ]

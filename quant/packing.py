@@ -28,7 +28,7 @@ from typing import Dict, Optional
 
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, tensor_layout
+from models.tdnnf import TDNNF, TDNNFConfig, tensor_layout, weight_names
 from quant.cost_model import model_size, stored_tensors
 from quant.quantizers import check_bits, dequantize, qmax_for, quantize_to_codes
 
@@ -64,7 +64,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     n = u.numel()
     nbytes = (n * bits + 7) // 8
     u = torch.cat([u, u.new_zeros(nbytes * per - n)]).reshape(nbytes, per)
-    shifts = torch.arange(per, dtype=torch.int32) * bits
+    shifts = torch.arange(per, dtype=torch.int32, device=u.device) * bits
     return (u << shifts).sum(dim=1).to(torch.uint8)
 
 
@@ -79,7 +79,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     if packed.numel() != nbytes:
         raise ValueError(f"{packed.numel()} bytes of {bits}-bit codes for {numel} values (expected {nbytes})")
     per = 8 // bits
-    shifts = torch.arange(per, dtype=torch.int32) * bits
+    shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
     u = ((packed.to(torch.int32)[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)
     if bool((u[numel:] != 0).any()):
         raise ValueError("non-zero padding after the last code")
@@ -179,9 +179,12 @@ def load_packed(path: str, device: str = "cpu") -> TDNNF:
         cfg_dict = json.loads(meta["config"])
         include_xent = bool(json.loads(meta.get("include_xent", "false")))
         cfg = TDNNFConfig.from_dict(cfg_dict)
-    except (KeyError, json.JSONDecodeError, ValueError, TypeError) as e:
+        if not include_xent:  # the file has no xent branch: drop it (and any bits it carried)
+            xent_names = set(weight_names(cfg, include_xent=True)) - set(weight_names(cfg))
+            cfg = cfg.replace(xent=False, weight_bits={k: v for k, v in cfg.weight_bits.items()
+                                                       if k not in xent_names})
+    except (KeyError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as e:
         raise PackedModelError(f"{path}: bad architecture metadata: {e}") from None
-    cfg = cfg.replace(xent=include_xent and cfg.xent)
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, RuntimeError) as e:

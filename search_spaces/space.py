@@ -20,7 +20,7 @@ the largest choice of each layer (the supernet's max rank). Errors are ``SearchS
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from models.tdnnf import ConfigError, TDNNFConfig, layer_groups

@@ -17,9 +17,16 @@ Hessian-vector products, ``method``:
 
 * ``"fd"`` (default; the only correct choice for the LF-MMI loss, whose backward is a custom autograd
   Function without double backward): central finite differences of gradients
-  ``H u ~ (g(w + u) - g(w - u)) / 2`` with ``u_l = s_l v_l`` and a per-layer step
-  ``s_l = rel_eps * ||W_l|| / sqrt(n_l)`` (so ``||u_l|| = rel_eps * ||W_l||``), then
-  ``v_l^T H_ll v_l ~ v_l^T [(g(w+u) - g(w-u)) / 2]_l / s_l``. Exact for a quadratic loss.
+  ``H u ~ (g(w + u) - g(w - u)) / 2`` with ``u = s v``, then ``v_l^T (H v)_l ~ v_l^T [(g(w+u) - g(w-u)) / 2]_l / s``.
+  The step is relative to the weights: ``fd_step="global"`` (default) ``s = rel_eps * ||W|| / sqrt(n)`` over
+  all the layers' weights (so ``||u|| = rel_eps * ||W||``; per sample it equals the autograd estimate up to
+  the finite-difference error); ``fd_step="layer"`` ``s_l = rel_eps * ||W_l|| / sqrt(n_l)`` per layer
+  (``u_l = s_l v_l``; still unbiased, but in the joint mode the cross terms are scaled by ``s_k / s_l``,
+  which adds variance when layer scales differ). Exact for a quadratic loss. For ReLU networks a step that
+  moves pre-activations across 0 also picks up the kinks (autograd sees a zero second derivative there):
+  rare but large contributions, i.e. variance. A small step limits that; float32 gradients cannot resolve
+  very small steps, so ``rel_eps=None`` picks 1e-5 for float64 weights and 1e-3 for float32 (run the
+  model in float64 on CPU for the most accurate estimate; :func:`lfmmi_closures` takes a ``dtype``).
 * ``"autograd"``: double backward, ``Hv = d/dw (g(w) . v)``. Only valid when every op of the loss has a true
   second derivative (a simple differentiable loss, not LF-MMI: its gamma-based backward would silently drop
   the second-order term).
@@ -54,6 +61,7 @@ class HutchinsonResult:
     converged: bool
     history: Dict[str, List[float]] = field(default_factory=dict)   # running mean after each iteration
     method: str = "fd"
+    steps: Dict[str, float] = field(default_factory=dict)            # fd step per group (fd only)
 
     @property
     def avg_trace(self) -> Dict[str, float]:
@@ -61,7 +69,8 @@ class HutchinsonResult:
 
     def to_dict(self) -> dict:
         return {"trace": dict(self.trace), "avg_trace": self.avg_trace, "numel": dict(self.numel),
-                "iters": self.iters, "converged": self.converged, "method": self.method}
+                "iters": self.iters, "converged": self.converged, "method": self.method,
+                "fd_steps": dict(self.steps)}
 
 
 def _as_list(losses) -> List[LossClosure]:
@@ -132,7 +141,8 @@ def _hvp_fd(losses: List[LossClosure], params: List[torch.Tensor], us: List[torc
 
 def hutchinson_trace(losses: Union[LossClosure, Sequence[LossClosure]], groups: Dict[str, Sequence[torch.Tensor]],
                      method: str = "fd", max_iters: int = 100, min_iters: int = 2, tol: float = 1e-2,
-                     rel_eps: float = 1e-3, blockwise: bool = False, seed: int = 0) -> HutchinsonResult:
+                     rel_eps: Optional[float] = None, blockwise: bool = False, seed: int = 0,
+                     fd_step: str = "global") -> HutchinsonResult:
     """Per-group Hessian trace ``Tr(H_gg)`` of the mean loss over ``losses`` by Hutchinson's estimator.
 
     ``groups``: name -> tensors (leaf tensors with ``requires_grad``) forming one block. ``losses``: closures
@@ -147,10 +157,18 @@ def hutchinson_trace(losses: Union[LossClosure, Sequence[LossClosure]], groups: 
         if not p.requires_grad:
             raise ValueError("every tensor of a group must require grad")
     numel = {g: sum(int(p.numel()) for p in ps) for g, ps in groups.items()}
+    if rel_eps is None:
+        rel_eps = 1e-5 if all(p.dtype == torch.float64 for p in params) else 1e-3
+    if fd_step not in ("global", "layer"):
+        raise ValueError(f"fd_step must be 'global' or 'layer', got {fd_step!r}")
+    sq = {g: sum(float(p.detach().double().pow(2).sum()) for p in ps) for g, ps in groups.items()}
     steps: Dict[str, float] = {}
-    for g, ps in groups.items():
-        norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in ps))
-        steps[g] = rel_eps * (norm if norm > 0 else 1.0) / math.sqrt(max(numel[g], 1))
+    if fd_step == "global":
+        norm, n = math.sqrt(sum(sq.values())), sum(numel.values())
+        steps = {g: rel_eps * (norm if norm > 0 else 1.0) / math.sqrt(max(n, 1)) for g in groups}
+    else:
+        steps = {g: rel_eps * (math.sqrt(sq[g]) if sq[g] > 0 else 1.0) / math.sqrt(max(numel[g], 1))
+                 for g in groups}
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
 
@@ -187,7 +205,8 @@ def hutchinson_trace(losses: Union[LossClosure, Sequence[LossClosure]], groups: 
                 converged = True
                 break
         prev = means
-    return HutchinsonResult({g: sums[g] / it for g in groups}, numel, it, converged, history, method)
+    return HutchinsonResult({g: sums[g] / it for g in groups}, numel, it, converged, history, method,
+                            steps if method == "fd" else {})
 
 
 def quantization_error(w: torch.Tensor, bits: int, per_channel: bool = True, scale: str = "maxabs") -> float:
@@ -202,9 +221,9 @@ def quantization_error(w: torch.Tensor, bits: int, per_channel: bool = True, sca
 
 
 def hessian_sensitivity(model, layers, losses: Union[LossClosure, Sequence[LossClosure]], method: str = "fd",
-                        max_iters: int = 100, min_iters: int = 2, tol: float = 1e-2, rel_eps: float = 1e-3,
-                        blockwise: bool = False, seed: int = 0, clamp_negative: bool = True,
-                        return_traces: bool = False):
+                        max_iters: int = 100, min_iters: int = 2, tol: float = 1e-2,
+                        rel_eps: Optional[float] = None, blockwise: bool = False, seed: int = 0, clamp_negative: bool = True,
+                        return_traces: bool = False, fd_step: str = "global"):
     """HAWQ-V2 sensitivity ``{layer: {bits: Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2}}``.
 
     ``losses``: closures computing the loss of ``model`` on held-out batches (see :func:`lfmmi_closures`).
@@ -229,7 +248,7 @@ def hessian_sensitivity(model, layers, losses: Union[LossClosure, Sequence[LossC
         for ps in groups.values():
             for p in ps:
                 p.requires_grad_(True)
-        res = hutchinson_trace(losses, groups, method, max_iters, min_iters, tol, rel_eps, blockwise, seed)
+        res = hutchinson_trace(losses, groups, method, max_iters, min_iters, tol, rel_eps, blockwise, seed, fd_step)
     finally:
         model.set_weight_bits(saved_bits)
         model.train(was_training)
@@ -247,17 +266,20 @@ def hessian_sensitivity(model, layers, losses: Union[LossClosure, Sequence[LossC
     return (out, res) if return_traces else out
 
 
-def lfmmi_closures(model, batches, loss_fn, compiler, device=None, max_batches: Optional[int] = None
-                   ) -> List[LossClosure]:
+def lfmmi_closures(model, batches, loss_fn, compiler, device=None, max_batches: Optional[int] = None,
+                   dtype: Optional[torch.dtype] = None) -> List[LossClosure]:
     """One LF-MMI loss closure per batch (numerator graphs compiled once). ``loss_fn``: an
-    ``lfmmi.LFMMILoss``; ``compiler``: ``NumeratorCompiler``. Batches: dicts with feats, lengths, texts."""
+    ``lfmmi.LFMMILoss``; ``compiler``: ``NumeratorCompiler``. Batches: dicts with feats, lengths, texts.
+    ``dtype``: features are cast to it (default: the model's parameter dtype)."""
     if device is None:
         device = next(model.parameters()).device
+    if dtype is None:
+        dtype = next(model.parameters()).dtype
     out: List[LossClosure] = []
     for i, b in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        feats, lengths = b["feats"].to(device), b["lengths"].to(device)
+        feats, lengths = b["feats"].to(device=device, dtype=dtype), b["lengths"].to(device)
         graphs = compiler.compile(b["texts"])
 
         def closure(feats=feats, lengths=lengths, graphs=graphs):

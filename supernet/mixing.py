@@ -67,23 +67,44 @@ def mix_rank_cols(w: torch.Tensor, k: int, dims: Sequence[int], wd: torch.Tensor
                   wb: torch.Tensor, per_channel: bool = True, scale: str = "maxabs",
                   skip_d: Optional[Sequence[bool]] = None, skip_b: Optional[Sequence[bool]] = None,
                   quant: bool = True) -> torch.Tensor:
-    """Affine-factor composite ``sum_d wd[d] pad(sum_b wb[b] Q_b(w[:, cols(d)]))`` (shape of ``w``)."""
+    """Affine-factor composite ``sum_d wd[d] pad(sum_b wb[b] Q_b(w[:, cols(d)]))`` (shape of ``w``).
+
+    Fast path (per-channel quantizer, b >= 2): ``pad(Q_b(w[:, cols(d)])) == Q_b(w * colmask_d)`` because a
+    symmetric uniform quantizer's row scale (max-abs, or the MSE search over fractions of it) ignores zero
+    entries and codes them as 0; so the masked copies of all candidate ranks are stacked along the channel
+    axis and quantized in one call per bit-width. The 1-bit quantizer's scale (mean |w| of the row) does
+    depend on the zeros, so 1 bit slices each rank. The one-hot equivalence tests check both paths.
+    """
     r = w.shape[1] // k
-    if not quant or all(int(b) == 32 for b in bits):  # float: the plain rank mask, one elementwise product
-        ar = torch.arange(r, device=w.device)
-        mask = sum(wd[j] * (ar < int(d)).to(w.dtype) for j, d in enumerate(dims)
-                   if not (skip_d is not None and skip_d[j]))
-        sb = sum(wb[j] for j in range(len(bits)) if not (skip_b is not None and skip_b[j]))
-        return w * (sb * mask).repeat(k)[None, :]
-    out = None
-    for j, d in enumerate(dims):
-        if skip_d is not None and skip_d[j]:
-            continue
-        m = mix_bits(slice_cols(w, k, int(d)), bits, wb, per_channel, scale, skip_b, quant)
-        term = wd[j] * _pad_cols(m, k, r)
-        out = term if out is None else out + term
-    if out is None:
+    act_d = [j for j in range(len(dims)) if not (skip_d is not None and skip_d[j])]
+    act_b = [j for j in range(len(bits)) if not (skip_b is not None and skip_b[j])]
+    if not act_d or not act_b:
         raise ValueError("every candidate skipped")
+    ar = torch.arange(r, device=w.device)
+    masks = torch.stack([(ar < int(dims[j])).to(w.dtype) for j in act_d]).repeat(1, k)  # (nd, k*r)
+    wd_a = wd[act_d]
+    if not quant or all(int(bits[j]) == 32 for j in act_b):  # float: the plain rank mask
+        sb = wb[act_b].sum() if len(act_b) > 1 else wb[act_b[0]]
+        return w * (sb * (wd_a @ masks))[None, :]
+    stacked = None
+    out = None
+    for j in act_b:
+        b = int(bits[j])
+        if b == 32:
+            m = w * (wd_a @ masks)[None, :]
+        elif b == 1 or not per_channel:
+            m = None
+            for jd in act_d:
+                d = int(dims[jd])
+                t = wd[jd] * _pad_cols(fake_quant(slice_cols(w, k, d), b, per_channel, scale), k, r)
+                m = t if m is None else m + t
+        else:
+            if stacked is None:
+                stacked = (w[None] * masks[:, None, :]).reshape(len(act_d) * w.shape[0], w.shape[1])
+            q = fake_quant(stacked, b, True, scale).reshape(len(act_d), w.shape[0], w.shape[1])
+            m = q[0] * wd_a[0] if len(act_d) == 1 else torch.einsum("d,dhc->hc", wd_a, q)
+        term = wb[j] * m
+        out = term if out is None else out + term
     return out
 
 

@@ -10,7 +10,7 @@ import soundfile as sf
 
 import prepare_data
 from corpus.validate import DataError
-from lang.lexicon import OOVError
+from lang.lexicon import Lexicon, OOVError
 
 SENTS = ["HELLO WORLD", "THE CAT SAT ON THE MAT", "GOOD MORNING TO YOU", "I LIKE GREEN TEA",
          "WHERE IS THE STATION", "IT IS RAINING AGAIN"]
@@ -135,7 +135,8 @@ def test_kaldi_bad_inputs_counted_and_listed(tmp_path):
     assert [p["utterance"] for p in s["resampled"]] == ["spk5-utt0"]
     kept = {c.supervisions[0].id: c for k in ("train", "dev", "test") for c in _cuts(out, k)}
     assert not set(listed) & set(kept)
-    assert kept["spk5-utt0"].sampling_rate == 16000 if "spk5-utt0" in kept else True
+    assert kept["spk5-utt0"].sampling_rate == 16000 and kept["spk5-utt0"].load_features().shape[1] == 40
+    assert abs(kept["spk5-utt0"].load_audio().shape[1] - 16000) <= 1
     total = sum(s["splits"][k]["utterances"] for k in ("train", "dev", "test"))
     assert total == 18 - 6
 
@@ -189,6 +190,11 @@ def make_switchboard(root: Path, convs=("2001", "2002", "2003", "2004")) -> tupl
             lines = [l.format(c="sw" + c) for l in SWBD_LINES[side]]
             (d / ("sw%s%s-ms98-a-trans.text" % (c, side))).write_text("\n".join(lines) + "\n")
             (d / ("sw%s%s-ms98-a-word.text" % (c, side))).write_text("")
+    (trans / "sw-ms98-dict.text").write_text(
+        "#\n# Switchboard lexicon (fake)\n[laughter] lau\n[silence] sil\ncat k ae t\nsat s ae t\non aa n\n"
+        "the dh ax\nthe dh iy\nmat m ae t\ni ay\nyes y eh s\nhello hh ax l ow\nhow hh aw\nare aa r\n"
+        "you y uw\nuh-huh ax hh ax\ngood g uh d\nmorning m ao r n ih ng\nlike l ay k\ngreen g r iy n\n"
+        "tea t iy\n")
     return root / "LDC97S62", trans
 
 
@@ -218,3 +224,22 @@ def test_switchboard_missing_transcript_side(tmp_path, monkeypatch):
     (trans / "20" / "02" / "sw2002B-ms98-a-trans.text").unlink()
     assert _prepare("--corpus", "switchboard", "--audio-dir", str(audio), "--transcripts-dir", str(trans),
                     "--out", str(tmp_path / "o")) == 2
+
+
+def test_switchboard_own_lexicon(tmp_path, monkeypatch):
+    monkeypatch.delenv("LHOTSE_AUDIO_BACKEND", raising=False)
+    audio, trans = make_switchboard(tmp_path, convs=("2001", "2002", "2003"))
+    out = tmp_path / "swbd"
+    assert _prepare("--corpus", "switchboard", "--audio-dir", str(audio), "--transcripts-dir", str(trans),
+                    "--out", str(out), "--lexicon", "swbd", "--no-speed-perturb") == 0
+    lex = Lexicon.load(out / "lang" / "lexicon.txt")
+    assert lex.pronunciations("THE") == [("DH", "AX"), ("DH", "IY")] and lex.phones[0] == "SIL"
+    assert "swbd" not in _summary(out)["lexicon_source"] or "sw-ms98-dict.text" in _summary(out)["lexicon_source"]
+    # a word the lexicon lacks: clear error by default, counted skip with --oov skip
+    (trans / "sw-ms98-dict.text").write_text((trans / "sw-ms98-dict.text").read_text().replace("tea t iy\n", ""))
+    assert _prepare("--corpus", "switchboard", "--audio-dir", str(audio), "--transcripts-dir", str(trans),
+                    "--out", str(out), "--lexicon", "swbd", "--overwrite") == 2
+    assert _prepare("--corpus", "switchboard", "--audio-dir", str(audio), "--transcripts-dir", str(trans),
+                    "--out", str(out), "--lexicon", "swbd", "--overwrite", "--oov", "skip") == 0
+    s = _summary(out)
+    assert s["skipped_by_reason"]["oov"] == 3 and all("TEA" in p["detail"] for p in s["skipped"])

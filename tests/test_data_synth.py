@@ -128,3 +128,29 @@ def test_telephone_rate(tmp_path):
     c = next(iter(_cuts(out, "dev")))
     assert c.sampling_rate == 8000 and c.recording.sampling_rate == 8000
     assert c.load_features().shape[1] == 40
+
+
+def test_noise_snr_and_reproducible():
+    import numpy as np
+
+    from corpus.synth import _utt_rng, add_noise
+
+    x = 0.3 * np.sin(np.arange(16000) / 7.0)
+    for kind in ("white", "pink", "brown"):
+        for snr in (5.0, 20.0):
+            y = add_noise(x, kind, snr, _utt_rng(0, "u1"))
+            got = 10 * np.log10(np.mean(x ** 2) / np.mean((y - x) ** 2))
+            assert abs(got - snr) < 0.5, (kind, snr, got)
+            assert np.array_equal(y, add_noise(x, kind, snr, _utt_rng(0, "u1")))
+    assert not np.array_equal(add_noise(x, "white", 5, _utt_rng(0, "u1")), add_noise(x, "white", 5, _utt_rng(0, "u2")))
+
+
+def test_resume_redoes_only_missing_audio(tiny):
+    before = _digest(tiny)
+    wavs = sorted((tiny / "audio").glob("*.wav"))
+    wavs[0].unlink()
+    keep_mtime = wavs[-1].stat().st_mtime_ns
+    rc = prepare_data.main(["--corpus", "synth", "--size", "tiny", "--out", str(tiny), "--seed", "0", "--quiet",
+                            "--resume"])
+    assert rc == 0 and _digest(tiny) == before
+    assert wavs[-1].stat().st_mtime_ns == keep_mtime  # its chunk was not synthesised again

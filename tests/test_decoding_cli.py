@@ -43,6 +43,7 @@ def test_decode_split_with_fake_model(tmp_path, monkeypatch):
         cut.supervisions = [SupervisionSegment(f"s{i}", f"r{i}", 0, 1.0, text="SEE A BEE")]
         cuts.append(cut)
     CutSet.from_cuts(cuts).to_file(d / "cuts_test.jsonl.gz")
+    CutSet.from_cuts(cuts[:2]).to_file(d / "cuts_dev.jsonl.gz")
     P = len(lex.phones)
     ph = [lex.phones.index(p) for p in ["S", "IY", "AH", "B", "IY"]]
 
@@ -78,3 +79,14 @@ def test_decode_split_with_fake_model(tmp_path, monkeypatch):
                       "--no-progress", "--compare", str(out)])
     sig = json.loads((tmp_path / "exp" / "b" / "significance.json").read_text())
     assert sig["bootstrap"]["p_value"] == 1.0 and sig["mapsswe"]["p_value"] == 1.0
+    w = json.loads((tmp_path / "exp" / "b" / "wer.json").read_text())
+    assert w["compare"]["delta_wer"] == 0.0 and w["compare"]["mapsswe"]["p_value"] == 1.0
+    # dev sweep from a YAML config (acoustic scales x LM weights on raw lattices)
+    cfg = tmp_path / "decode.yaml"
+    cfg.write_text("sweep_dev: true\nsweep-acoustic-scales: '0.5,1.0'\nsweep_lm_weights: '1,2'\n")
+    rc = decode.main(["--config", str(cfg), "--model", "fake.pt", "--data-dir", str(d), "--split", "test",
+                      "--out", str(tmp_path / "exp" / "c"), "--graph-cache", str(tmp_path / "g"),
+                      "--no-progress"])
+    sw = json.loads((tmp_path / "exp" / "c" / "sweep.json").read_text())
+    assert len(sw["results"]) == 4 and sw["best"]["wer"] == 0.0
+    assert json.loads((tmp_path / "exp" / "c" / "wer.json").read_text())["sweep_best"]["wer"] == 0.0

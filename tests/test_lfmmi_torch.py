@@ -248,3 +248,39 @@ def test_cuda_matches_cpu():
     b = den_log_z(y.cuda(), L.cuda(), g, 0.1).cpu()
     assert torch.allclose(a, b)
     assert torch.allclose(num_log_z(y, L, fs)[0], num_log_z(y.cuda(), L.cuda(), fs)[0].cpu())
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_den_brute_force_real_chain_graph(order):
+    """The chain-structured fast path (sparse entry-arc matrix) against brute force."""
+    lex = tiny_lexicon()
+    g = build_den_graph(lex, ["THE CAT", "A CAT", "THE A", "A A"], order=order)
+    assert "Pt" in g.tensors(torch.device("cpu"), torch.float64)
+    T = 3
+    y = torch.randn(1, T, g.num_pdfs, dtype=torch.float64)
+    lz = den_log_z(y, torch.tensor([T]), g, eta=0.0)
+    with np.errstate(divide="ignore"):
+        ref = brute_force_logz(g.fsa, np.log(g.init), y[0].numpy())
+    assert float(lz[0]) == pytest.approx(ref, rel=1e-10)
+
+
+@pytest.mark.parametrize("order", [2, 4])
+def test_structured_and_generic_paths_agree(order):
+    import os
+    from lfmmi.graphs import DictLexicon as DL
+
+    fix = os.path.join(os.path.dirname(__file__), "fixtures", "lfmmi")
+    lex = DL.load(os.path.join(fix, "lexicon.txt"))
+    with open(os.path.join(fix, "text.txt")) as f:
+        texts = [l.strip() for l in f if l.strip()]
+    g = build_den_graph(lex, texts, order=order)
+    torch.manual_seed(order)
+    y = torch.randn(5, 30, g.num_pdfs, dtype=torch.float64) * 3
+    L = torch.tensor([30, 12, 29, 1, 20])
+    out = {}
+    for us in (True, False):
+        g.use_structure = us
+        out[us] = den_forward_backward(y, L, g, 0.1)
+    g.use_structure = True
+    assert torch.allclose(out[True][0], out[False][0], rtol=1e-12)
+    assert torch.allclose(out[True][1], out[False][1], atol=1e-12)

@@ -217,3 +217,82 @@ def test_groups_cover_weights():
     assert covered == weight_names(cfg)
     assert contexts(cfg) == (3, 3, 9, 9)
     assert model_size(cfg).num_parameters == count_parameters(cfg, include_xent=False)
+
+
+def test_rank_masking_hook_reproduces_smaller_bottleneck():
+    """A max-rank model whose layer_weights() masks ranks >= d (quantizing the sliced affine columns)
+    equals the standalone rank-d model: the contract the supernet relies on."""
+    from quant.quantizers import fake_quant
+
+    small = small_cfg(bottleneck_dims=[3, 8, 5, 8, 2, 6])
+    bits = {n: 4 for n in weight_names(small)}
+    small = small.replace(weight_bits=bits)
+    big_cfg = small.replace(bottleneck_dims=[8] * 6)
+    m_small = randomize_(TDNNF(small), seed=3)
+    m_big = TDNNF(big_cfg)
+    ranks = small.bottleneck_dims
+    with torch.no_grad():
+        sd = {k: v for k, v in m_small.state_dict().items() if ".linear" not in k and ".affine" not in k
+              or "prefinal" in k}
+        m_big.load_state_dict(sd, strict=False)
+        for i, (ls, lb) in enumerate(zip(m_small.tdnnfs, m_big.tdnnfs)):
+            d, k = ranks[i], (2 if lb.stride else 1)
+            lb.linear.normal_()
+            lb.linear[:d] = ls.linear
+            lb.affine.normal_()
+            A = lb.affine.view(lb.affine.shape[0], k, 8)
+            A[:, :, :d] = ls.affine.view(ls.affine.shape[0], k, d)
+
+    class Masked(TDNNF):
+        def layer_weights(self, i):
+            layer, d, k = self.tdnnfs[i], ranks[i], (2 if self.tdnnfs[i].stride else 1)
+            mask = (torch.arange(8) < d).float()
+            w_lin = fake_quant(layer.linear, 4) * mask[:, None]
+            A = layer.affine.view(layer.affine.shape[0], k, 8)
+            w_aff = torch.zeros_like(A)
+            w_aff[:, :, :d] = fake_quant(A[:, :, :d].reshape(A.shape[0], k * d), 4).view(A.shape[0], k, d)
+            return w_lin, w_aff.reshape(layer.affine.shape)
+
+    masked = Masked(big_cfg)
+    masked.load_state_dict(m_big.state_dict())
+    m_small.eval(), masked.eval()
+    x = torch.randn(2, 31, 5)
+    lens = torch.tensor([31, 20])
+    assert torch.allclose(m_small(x, lens)[0], masked(x, lens)[0], atol=1e-5)
+
+
+def test_batch_norm_mask_all_true_equals_batchnorm():
+    from models.tdnnf import batch_norm
+
+    torch.manual_seed(0)
+    bn1, bn2 = torch.nn.BatchNorm1d(7, affine=False, eps=1e-3), torch.nn.BatchNorm1d(7, affine=False, eps=1e-3)
+    x = torch.randn(3, 7, 11) * 2 + 1
+    a = batch_norm(x, bn1, torch.ones(3, 1, 11, dtype=torch.bool))
+    b = bn2(x)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(bn1.running_mean, bn2.running_mean) and torch.allclose(bn1.running_var, bn2.running_var)
+
+
+def test_training_mode_ignores_padding_content():
+    """With masked BN, what sits in the padding of an utterance changes nothing in training mode."""
+    torch.manual_seed(0)
+    m = randomize_(TDNNF(small_cfg())).train()
+    x = torch.randn(2, 40, 5)
+    lens = torch.tensor([40, 22])
+    x2 = x.clone()
+    x2[1, 22:] = 50 * torch.randn(18, 5)
+    sd0 = {k: v.clone() for k, v in m.state_dict().items()}
+    a, ax, _ = m(x, lens)
+    sd_a = {k: v.clone() for k, v in m.state_dict().items()}
+    m.load_state_dict(sd0)
+    b, bx, _ = m(x2, lens)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ax, bx, atol=1e-5)
+    assert all(torch.allclose(sd_a[k].float(), v.float(), atol=1e-6) for k, v in m.state_dict().items())
+    assert not torch.allclose(sd_a["tdnn1_bn.running_mean"], sd0["tdnn1_bn.running_mean"])
+    # nor does the amount of padding (plain BN over every frame counts the replicated frames)
+    x3 = torch.cat([x, torch.randn(2, 30, 5)], dim=1)
+    m.load_state_dict(sd0)
+    c, _, _ = m(x3, lens)
+    assert torch.allclose(a[0], c[0, :14], atol=1e-5) and torch.allclose(a[1, :8], c[1, :8], atol=1e-5)
+    m2 = randomize_(TDNNF(small_cfg(bn_mask_padding=False))).train()
+    assert not torch.allclose(m2(x, lens)[0][0], m2(x3, lens)[0][0, :14], atol=1e-3)

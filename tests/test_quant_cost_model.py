@@ -1,12 +1,11 @@
 """Cost model: per-layer table consistency, formulas."""
-import itertools
 import math
 import random
 
 import pytest
 
-from models.tdnnf import TDNNFConfig, layer_groups, tensor_layout
-from quant.cost_model import (code_bytes, count_parameters, layer_bytes, model_size, size_table, weight_bytes)
+from models.tdnnf import tensor_layout
+from quant.cost_model import code_bytes, count_parameters, layer_bytes, model_size, weight_bytes
 from search_spaces.genotype import Genotype
 from search_spaces.space import load_search_space
 

@@ -106,6 +106,18 @@ def test_export_load_roundtrip_and_size(tmp_path, mix, per_channel, scale, inclu
         assert model_size(cfg).compression_ratio == 1.0
 
 
+def test_xent_bits_do_not_break_inference_export(tmp_path):
+    cfg = cfg_small()
+    bits = {n: 4 for n in weight_names(cfg, include_xent=True)}
+    m = trained_like(cfg.replace(weight_bits=bits))
+    path = str(tmp_path / "m.st")
+    assert export_packed(m, path) == payload_bytes(path)
+    m2 = load_packed(path)
+    assert not m2.cfg.xent and "output_xent" not in m2.cfg.weight_bits
+    x = torch.randn(1, 20, 6)
+    assert torch.allclose(m(x, torch.tensor([20]))[0], m2(x, torch.tensor([20]))[0], atol=1e-5)
+
+
 def test_compression_ratio_on_disk(tmp_path):
     cfg = cfg_small()
     fp = trained_like(cfg)

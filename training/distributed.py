@@ -65,3 +65,33 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def param_checksums(model: torch.nn.Module, info: DistInfo) -> list:
+    """Per-rank (sum, sum of squares) of all parameters and buffers, gathered on every rank.
+
+    Used after DDP training to check that every rank holds identical weights.
+    """
+    vals = [t.detach().double() for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    mine = torch.tensor([sum(float(v.sum()) for v in vals), sum(float((v * v).sum()) for v in vals)],
+                        dtype=torch.float64)
+    if not info.enabled:
+        return [mine.tolist()]
+    out = [torch.zeros_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(out, mine)
+    return [o.tolist() for o in out]
+
+
+@torch.no_grad()
+def average_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks.
+
+    DDP broadcasts rank 0's buffers before each forward, but the last forward leaves every rank with
+    statistics updated on its own batch; averaging makes the saved model the same on every rank.
+    """
+    if not info.enabled:
+        return
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b.div_(info.world_size)

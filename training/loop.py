@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from training import checkpoint as ckpt
 from training.data import ResumableBatches
-from training.distributed import DistInfo, all_reduce_sum
+from training.distributed import DistInfo, all_reduce_sum, average_buffers
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
             ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
+            log.info("saved checkpoint at step %d (epoch %d, batch %d)", self.step, self.epoch,
+                     self.batch_in_epoch)
 
     def load_checkpoint(self, path=None) -> None:
         st = ckpt.load(path or self.checkpoint_path, map_location=self.device)
@@ -333,6 +335,7 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
             self.save_checkpoint()
+        average_buffers(self.raw_model, self.dist)
         for h in self.hooks:
             h.on_fit_end(self)
         if self._tb_owned and self._tb is not None:

@@ -1,0 +1,46 @@
+"""Shared fixtures: the ``tiny`` embedded corpus, built once per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def run_cli(args, cwd=ROOT, env=None, timeout=900):
+    """Run a top-level CLI of this repository with the current interpreter; fail with its output."""
+    e = dict(os.environ)
+    e.setdefault("OMP_NUM_THREADS", "1")
+    e.update(env or {})
+    r = subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=e, capture_output=True,
+                       text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n"
+                             f"{r.stderr[-6000:]}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """``prepare_data.py --corpus synth --size tiny`` (about 15 s), shared by the whole session."""
+    out = tmp_path_factory.mktemp("synth_tiny")
+    run_cli(["prepare_data.py", "--corpus", "synth", "--size", "tiny", "--out", out, "--seed", "0"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_train_config(tmp_path_factory) -> Path:
+    """A retrain/search config with small batches so the tiny corpus gives several steps per epoch."""
+    p = tmp_path_factory.mktemp("cfg") / "train_tiny.yaml"
+    p.write_text(
+        "train:\n  epochs: 2\n  max_duration: 20.0\n  warmup_steps: 2\n  checkpoint_every: 2\n"
+        "  log_every: 1\n  valid_max_duration: 60.0\n"
+        "lfmmi:\n  den_order: 2\n"
+    )
+    return p
