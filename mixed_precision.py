@@ -11,8 +11,8 @@ model-size budget (the paper's non-NAS baselines).
 1. Measures ``{layer: {bits: sensitivity}}`` of the float model on held-out batches (the ``--split``, dev
    by default): ``kl`` = mean per-frame KL(P_fp || P_q) of the chain-output posteriors with one layer
    quantized at a time (sensitivity/kl.py); ``hessian`` = HAWQ-V2, Hutchinson trace of the LF-MMI loss
-   Hessian per layer (finite differences of gradients; float64 by default) / #params * ||Q_b(W) - W||^2
-   (sensitivity/hessian.py).
+   Hessian per layer / #params * ||Q_b(W) - W||^2 (sensitivity/hessian.py; Hv by finite differences of the
+   LF-MMI gradient in output space + double backward through the network, float64 by default).
 2. Picks one bit-width per layer minimising the total sensitivity under the budget (multiple-choice
    knapsack over cost-model bytes, sensitivity/allocate.py); the bottlenecks stay the model's.
 3. Writes the genotype (``--out``), the sensitivity JSON (``--sensitivity-out``, default
@@ -57,11 +57,15 @@ def parse_args(argv=None):
     p.add_argument("--config", default=None, help="YAML with an lfmmi: section (retrain config); hessian only")
     p.add_argument("--bottlenecks", choices=["model", "max"], default="model",
                    help="TDNN-F ranks of the genotype: the model's (default) or the space's largest")
-    p.add_argument("--hessian-method", choices=["fd", "autograd"], default="fd",
-                   help="Hv by finite differences (default; LF-MMI has no double backward) or autograd")
+    p.add_argument("--hessian-method", choices=["fd_output", "fd", "autograd"], default="fd_output",
+                   help="Hv: fd_output (default) = finite differences of the LF-MMI gradient in output space, "
+                        "double backward through the network; fd = finite differences of weight gradients "
+                        "(ReLU kinks add noise); autograd = double backward (wrong for LF-MMI: no second "
+                        "derivative in its custom backward)")
     p.add_argument("--hessian-max-iters", type=int, default=50)
     p.add_argument("--hessian-min-iters", type=int, default=2)
     p.add_argument("--hessian-tol", type=float, default=1e-2, help="relative change of the running mean")
+    p.add_argument("--hessian-atol", type=float, default=0.0, help="absolute change of the running mean")
     p.add_argument("--hessian-rel-eps", type=float, default=None, help="fd step / ||W|| (default by dtype)")
     p.add_argument("--hessian-dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--blockwise", action="store_true", help="one Hv per layer per iteration (no cross terms)")
@@ -146,7 +150,7 @@ def measure(args, model, space):
     sens, res = hessian_sensitivity(model, space, closures, method=args.hessian_method,
                                     max_iters=args.hessian_max_iters, min_iters=args.hessian_min_iters,
                                     tol=args.hessian_tol, rel_eps=args.hessian_rel_eps, blockwise=args.blockwise,
-                                    seed=args.seed, return_traces=True)
+                                    seed=args.seed, return_traces=True, atol=args.hessian_atol)
     log.info("Hutchinson: %d iterations, converged=%s", res.iters, res.converged)
     for l, t in res.avg_trace.items():
         log.info("  %-10s avg trace %.6g  (%d params)", l, t, res.numel[l])

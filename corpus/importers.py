@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import soundfile as sf
 
@@ -88,6 +88,9 @@ def split_by_group(cuts, group: Callable[[object], str], seed: int, held_fractio
             i += 1
     for g in order[i:]:
         out["train"] += groups[g]
+    if len(order) < 3:
+        logger.warning("only %d speaker/conversation group(s): dev and test are empty (give dev/test data "
+                       "explicitly, e.g. --dev-dir/--test-dir for Kaldi dirs)", len(order))
     logger.info("held out %d test and %d dev groups", len(names["test"]), len(names["dev"]))
     return {k: CutSet.from_cuts(v) for k, v in out.items()}
 

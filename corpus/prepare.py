@@ -12,9 +12,9 @@ import gzip
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from corpus.features import cmvn_from_stats, compute_features, save_cmvn
 from corpus.validate import Problem, SkipLog, audio_file, ensure_resampler, validate_cuts
@@ -86,12 +86,13 @@ def prepare_dir(
     t = time.time()
     featured = {}
     cmvn = None
+    is_orig = {c.id for c in valid["train"]}  # training cuts that are not speed-perturbed copies
     for name in SPLITS:
         cuts = list(valid[name])
         origin = {c.id: c.supervisions[0].id for c in cuts}  # cut id -> original utterance id
         if name == "train":
             for f in opts.speed_perturb:
-                for c in cuts[: len(valid[name])]:
+                for c in valid[name]:
                     p = c.perturb_speed(f)
                     origin[p.id] = c.supervisions[0].id
                     cuts.append(p)
@@ -107,8 +108,6 @@ def prepare_dir(
             log.skip(Problem("corrupt_audio", base, audio_file(by_id[cut_id]), "decoding failed: " + msg, name))
         if bad_base:  # drop every copy (speed-perturbed too) of an utterance whose audio is corrupt
             done = [c for c in done if origin[c.id] not in bad_base]
-        if name == "train":
-            is_orig = {c.id for c in valid[name]}
         featured[name] = CutSet.from_cuts(done)
         if name == "train":
             cmvn = cmvn_from_stats(stats)

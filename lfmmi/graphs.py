@@ -271,6 +271,18 @@ class DenGraph:
     def num_arcs(self) -> int:
         return self.fsa.num_arcs
 
+    def save(self, path) -> None:
+        """Writes an ``.npz`` (arcs, start, initial probs, num_pdfs)."""
+        f = self.fsa
+        np.savez(path, num_states=f.num_states, src=f.src, dst=f.dst, label=f.label, logw=f.logw,
+                 start=f.start, init=self.init, num_pdfs=self.num_pdfs)
+
+    @classmethod
+    def load(cls, path) -> "DenGraph":
+        z = np.load(path)
+        fsa = Fsa(int(z["num_states"]), z["src"], z["dst"], z["label"], z["logw"], start=int(z["start"]))
+        return cls(fsa, int(z["num_pdfs"]), init=z["init"])
+
     def with_init(self, mode_or_probs) -> "DenGraph":
         """A DenGraph on the same arcs with other initial probs ('start', 'kaldi' or an array)."""
         if isinstance(mode_or_probs, str):

@@ -148,7 +148,6 @@ class LFMMILoss(torch.nn.Module):
         self.total_skipped += skipped
         self.total_sequences += B
 
-        vf = valid.to(y.dtype)
         frames = float((lengths * valid.long()).sum())
         denom = max(frames, 1.0)
         zero = torch.zeros_like(num_lz)

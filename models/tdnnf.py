@@ -642,6 +642,11 @@ class TDNNF(nn.Module):
         return ((t[None, :] >= 0) & (t[None, :] < lengths[:, None]))[:, None, :]
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, ivectors: Optional[torch.Tensor] = None):
+        """feats (B, T_in, feat_dim) float, lengths (B,) in [1, T_in] ->
+        (chain_out (B, T_out, num_pdfs) unnormalised, xent_out (B, T_out, num_pdfs) log-softmax or None,
+        out_lengths (B,) = (lengths + 2) // 3), T_out = (T_in + 2) // 3. ``ivectors`` (B, ivector_dim), one
+        per utterance, appended to every frame's tdnn1 input; zeros when the config has ivector_dim > 0 and
+        none are given."""
         cfg = self.cfg
         if feats.dim() != 3 or feats.shape[2] != cfg.feat_dim:
             raise ValueError(f"feats must be (B, T, {cfg.feat_dim}), got {tuple(feats.shape)}")

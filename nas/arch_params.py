@@ -129,6 +129,8 @@ class ArchParams(nn.Module):
         if how == "softmax":
             return torch.softmax(logits / self.tau, -1)
         if how == "argmax":  # straight-through argmax (PLiNIO STEArgmax): one-hot forward, softmax grad
+            if not (torch.is_grad_enabled() and logits.requires_grad):
+                return torch.zeros_like(logits).scatter_(-1, logits.detach().argmax(-1, keepdim=True), 1.0)
             return gumbel_softmax(logits, 1.0, hard=True, noise=False)
         raise ValueError(f"unknown sampling {how!r}")
 

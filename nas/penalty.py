@@ -120,7 +120,7 @@ class SizePenalty:
                 f"source={self.source})")
 
 
-def size_table_from_cost_model(cfg, layers: Sequence[LayerChoices], include_xent: bool = False) -> SizeTable:
+def size_table_from_cost_model(cfg, layers: Sequence[LayerChoices]) -> SizeTable:
     """Adapter to ``quant.cost_model.size_table`` (bytes of each genotype layer at each (bits, bottleneck);
     layers without a bottleneck are keyed by dim 0 there). Every stored tensor belongs to a genotype layer,
     so the constant part is 0 (the xent branch is training-only and not counted, as in the cost model)."""
@@ -129,7 +129,7 @@ def size_table_from_cost_model(cfg, layers: Sequence[LayerChoices], include_xent
     missing = {g for g, _, _ in _groups(cfg)} - {l.name for l in layers}
     const = 0.0
     for g in missing:  # a layer the caller does not list: counted at the config's own bits/bottleneck
-        const += float(cost_model.model_size(cfg, include_xent).per_layer.get(g, 0))
+        const += float(cost_model.model_size(cfg).per_layer.get(g, 0))
     raw = cost_model.size_table(cfg, {l.name: (l.bits, None if l.dims == (None,) else l.dims) for l in layers})
     tables = [[[raw[l.name][int(b)][0 if d is None else int(d)] for d in l.dims] for b in l.bits] for l in layers]
     return SizeTable(layers, tables, const)

@@ -68,6 +68,8 @@ class SizeReport:
 
     @property
     def compression_ratio(self) -> float:
+        """fp32 bytes of the *same* architecture / packed bytes. Against the full-size fp32 baseline
+        (largest bottlenecks) use ``fp32_bytes(space.network) / total_bytes``."""
         return self.fp32_bytes / self.total_bytes
 
     @property

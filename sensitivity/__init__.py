@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from .allocate import (Allocation, BudgetError, allocate_bits, brute_force, fp32_model_bytes, knapsack,
                        layer_sizes, pareto_frontier)
-from .hessian import HutchinsonResult, hessian_sensitivity, hutchinson_trace, lfmmi_closures
+from .hessian import HutchinsonResult, SplitLoss, hessian_sensitivity, hutchinson_trace, lfmmi_closures
 from .kl import kl_sensitivity
 
 __all__ = ["Allocation", "BudgetError", "allocate_bits", "brute_force", "fp32_model_bytes", "knapsack",
-           "layer_sizes", "pareto_frontier", "HutchinsonResult", "hessian_sensitivity", "hutchinson_trace",
+           "layer_sizes", "pareto_frontier", "HutchinsonResult", "SplitLoss", "hessian_sensitivity", "hutchinson_trace",
            "lfmmi_closures", "kl_sensitivity"]

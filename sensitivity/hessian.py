@@ -13,10 +13,11 @@ layer's ``v_l^T (H v)_l`` (as PyHessian / HAWQ-V2 do): the cross terms ``v_l^T H
 mean, so each layer's estimate stays unbiased, at the cost of one Hv per iteration for the whole model.
 ``blockwise=True`` instead perturbs one layer at a time (no cross terms, lower variance, L times the cost).
 
-Hessian-vector products, ``method``:
+Hessian-vector products, ``method`` (``"auto"``: ``"fd_output"`` when every closure is a :class:`SplitLoss`,
+such as :func:`lfmmi_closures` gives, else ``"fd"``):
 
-* ``"fd"`` (default; the only correct choice for the LF-MMI loss, whose backward is a custom autograd
-  Function without double backward): central finite differences of gradients
+* ``"fd"`` (works with any loss, the LF-MMI one included, whose backward is a custom autograd Function
+  without double backward): central finite differences of weight gradients
   ``H u ~ (g(w + u) - g(w - u)) / 2`` with ``u = s v``, then ``v_l^T (H v)_l ~ v_l^T [(g(w+u) - g(w-u)) / 2]_l / s``.
   The step is relative to the weights: ``fd_step="global"`` (default) ``s = rel_eps * ||W|| / sqrt(n)`` over
   all the layers' weights (so ``||u|| = rel_eps * ||W||``; per sample it equals the autograd estimate up to
@@ -27,6 +28,14 @@ Hessian-vector products, ``method``:
   rare but large contributions, i.e. variance. A small step limits that; float32 gradients cannot resolve
   very small steps, so ``rel_eps=None`` picks 1e-5 for float64 weights and 1e-3 for float32 (run the
   model in float64 on CPU for the most accurate estimate; :func:`lfmmi_closures` takes a ``dtype``).
+* ``"fd_output"``: finite differences in the *network-output* space only, double backward through the
+  network. With outputs ``y = f(w)`` and loss ``L(y)``: ``H v = J^T H_y (J v) + d/dw[(J^T g_y) . v]|_{g_y fixed}``;
+  ``J v`` and both ``J^T`` products come from autograd through the network (which is twice differentiable),
+  and ``H_y (J v) ~ (grad L(y + d Jv) - grad L(y - d Jv)) / 2d`` needs only the loss's first derivative (so it
+  works with LF-MMI), with ``||d Jv|| = rel_eps * ||y||``. Unlike ``"fd"`` it never moves ReLU
+  pre-activations, so it has no kink noise: it equals ``"autograd"`` wherever that is valid. Needs the loss
+  split as :class:`SplitLoss` (``forward() -> outputs``, ``loss(*outputs) -> scalar``; :func:`lfmmi_closures`
+  returns those). About 2 forward + 4 backward network passes and 2 loss gradients per Hv.
 * ``"autograd"``: double backward, ``Hv = d/dw (g(w) . v)``. Only valid when every op of the loss has a true
   second derivative (a simple differentiable loss, not LF-MMI: its gamma-based backward would silently drop
   the second-order term).
@@ -41,6 +50,7 @@ The model is evaluated in eval mode at full precision (its weight bits are resto
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -50,7 +60,20 @@ import torch
 from sensitivity.kl import layer_specs
 
 LossClosure = Callable[[], torch.Tensor]
-METHODS = ("fd", "autograd")
+METHODS = ("fd", "fd_output", "autograd")
+log = logging.getLogger(__name__)
+
+
+class SplitLoss:
+    """A loss closure in two parts: ``forward() -> tuple of network outputs`` (with graph) and
+    ``loss(*outputs) -> scalar``. Calling it gives ``loss(*forward())``, so it also serves ``fd``/``autograd``."""
+
+    def __init__(self, forward: Callable[[], Sequence[torch.Tensor]], loss: Callable[..., torch.Tensor]):
+        self.forward = forward
+        self.loss = loss
+
+    def __call__(self) -> torch.Tensor:
+        return self.loss(*self.forward())
 
 
 @dataclass
@@ -120,6 +143,71 @@ def _hvp_autograd(losses: List[LossClosure], params: List[torch.Tensor], vs: Lis
     return [a / len(losses) for a in acc]
 
 
+def _loss_grad(split: "SplitLoss", outs: Sequence) -> List[Optional[torch.Tensor]]:
+    """d loss / d output for every floating-point tensor output (None for the others)."""
+    def diffable(o):
+        return torch.is_tensor(o) and o.is_floating_point()
+
+    xs = [o.detach().requires_grad_(True) if diffable(o) else o for o in outs]
+    diff = [x for x in xs if diffable(x)]
+    with torch.enable_grad():
+        loss = split.loss(*xs)
+        gs = iter(torch.autograd.grad(loss, diff, allow_unused=True))
+    out: List[Optional[torch.Tensor]] = []
+    for x in xs:
+        if diffable(x):
+            g = next(gs)
+            out.append(torch.zeros_like(x) if g is None else g.detach())
+        else:
+            out.append(None)
+    return out
+
+
+def _hvp_fd_output(losses: List[LossClosure], params: List[torch.Tensor], vs: List[torch.Tensor],
+                   rel_eps: float) -> List[torch.Tensor]:
+    acc = [torch.zeros_like(p) for p in params]
+    for split in losses:
+        if not isinstance(split, SplitLoss):
+            raise TypeError("method='fd_output' needs SplitLoss closures (forward + loss), e.g. from lfmmi_closures")
+        outs = list(split.forward())
+        idx = [i for i, o in enumerate(outs) if torch.is_tensor(o) and o.is_floating_point() and o.requires_grad]
+        if not idx:
+            raise RuntimeError("fd_output: no network output depends on the weights")
+        ys = [outs[i] for i in idx]
+        gy_all = _loss_grad(split, outs)
+        gy = [gy_all[i] for i in idx]
+        # J v by the double-backward trick: d/du [(J^T u) . v] = J v
+        us = [torch.zeros_like(y, requires_grad=True) for y in ys]
+        jtu = torch.autograd.grad(ys, params, grad_outputs=us, create_graph=True, allow_unused=True)
+        dot = sum((g * v).sum() for g, v in zip(jtu, vs) if g is not None)
+        jv = torch.autograd.grad(dot, us, retain_graph=True, allow_unused=True)
+        jv = [torch.zeros_like(y) if j is None else j.detach() for y, j in zip(ys, jv)]
+        # H_y (J v) by central differences of the loss gradient in output space
+        jn = math.sqrt(sum(float(j.double().pow(2).sum()) for j in jv))
+        hy = [torch.zeros_like(y) for y in ys]
+        if jn > 0:
+            yn = math.sqrt(sum(float(y.detach().double().pow(2).sum()) for y in ys))
+            d = rel_eps * (yn if yn > 0 else 1.0) / jn
+            plus, minus = list(o.detach() if torch.is_tensor(o) else o for o in outs), list(
+                o.detach() if torch.is_tensor(o) else o for o in outs)
+            for i, j in zip(idx, jv):
+                plus[i] = plus[i] + d * j
+                minus[i] = minus[i] - d * j
+            gp, gm = _loss_grad(split, plus), _loss_grad(split, minus)
+            hy = [(gp[i] - gm[i]) / (2 * d) for i in idx]
+        # J^T hy  +  d/dw [(J^T g_y) . v] with g_y held fixed
+        t1 = torch.autograd.grad(ys, params, grad_outputs=hy, retain_graph=True, allow_unused=True)
+        jtg = torch.autograd.grad(ys, params, grad_outputs=gy, create_graph=True, allow_unused=True)
+        dot2 = [(g * v).sum() for g, v in zip(jtg, vs) if g is not None and g.requires_grad]
+        t2 = torch.autograd.grad(sum(dot2), params, allow_unused=True) if dot2 else [None] * len(params)
+        for a, x, y in zip(acc, t1, t2):
+            if x is not None:
+                a.add_(x.detach())
+            if y is not None:
+                a.add_(y.detach())
+    return [a / len(losses) for a in acc]
+
+
 def _hvp_fd(losses: List[LossClosure], params: List[torch.Tensor], us: List[torch.Tensor]) -> List[torch.Tensor]:
     """(g(w + u) - g(w - u)) / 2 ~ H u, restoring the weights exactly afterwards."""
     saved = [p.detach().clone() for p in params]
@@ -139,16 +227,24 @@ def _hvp_fd(losses: List[LossClosure], params: List[torch.Tensor], us: List[torc
     return [(a - b) / 2 for a, b in zip(gp, gm)]
 
 
+def resolve_method(method: str, losses) -> str:
+    if method == "auto":
+        return "fd_output" if all(isinstance(f, SplitLoss) for f in _as_list(losses)) else "fd"
+    if method not in METHODS:
+        raise ValueError(f"method must be 'auto' or one of {METHODS}, got {method!r}")
+    return method
+
+
 def hutchinson_trace(losses: Union[LossClosure, Sequence[LossClosure]], groups: Dict[str, Sequence[torch.Tensor]],
-                     method: str = "fd", max_iters: int = 100, min_iters: int = 2, tol: float = 1e-2,
+                     method: str = "auto", max_iters: int = 100, min_iters: int = 2, tol: float = 1e-2,
                      rel_eps: Optional[float] = None, blockwise: bool = False, seed: int = 0,
-                     fd_step: str = "global") -> HutchinsonResult:
+                     fd_step: str = "global", atol: float = 0.0) -> HutchinsonResult:
     """Per-group Hessian trace ``Tr(H_gg)`` of the mean loss over ``losses`` by Hutchinson's estimator.
 
     ``groups``: name -> tensors (leaf tensors with ``requires_grad``) forming one block. ``losses``: closures
-    that recompute the loss from the current tensor values. See the module doc for ``method``/``rel_eps``."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    that recompute the loss from the current tensor values. See the module doc for ``method``/``rel_eps``.
+    Stops when every group's running mean moved by <= ``tol * |previous| + atol`` (after ``min_iters``)."""
+    method = resolve_method(method, losses)
     if max_iters < 1 or min_iters < 1:
         raise ValueError("max_iters and min_iters must be >= 1")
     losses = _as_list(losses)
@@ -183,9 +279,10 @@ def hutchinson_trace(losses: Union[LossClosure, Sequence[LossClosure]], groups: 
               for p in params]
         for block in blocks:
             active = set(block)
-            if method == "autograd":
+            if method in ("autograd", "fd_output"):
                 vb = [v if n in active else torch.zeros_like(v) for n, v in zip(gnames, vs)]
-                hv = _hvp_autograd(losses, params, vb)
+                hv = (_hvp_autograd(losses, params, vb) if method == "autograd"
+                      else _hvp_fd_output(losses, params, vb, rel_eps))
                 scale = {g: 1.0 for g in block}
             else:
                 ub = [v * steps[n] if n in active else torch.zeros_like(v) for n, v in zip(gnames, vs)]
@@ -201,7 +298,7 @@ def hutchinson_trace(losses: Union[LossClosure, Sequence[LossClosure]], groups: 
         for g in groups:
             history[g].append(means[g])
         if prev is not None and it >= min_iters:
-            if all(abs(means[g] - prev[g]) <= tol * abs(prev[g]) + 1e-30 for g in groups):
+            if all(abs(means[g] - prev[g]) <= tol * abs(prev[g]) + atol + 1e-30 for g in groups):
                 converged = True
                 break
         prev = means
@@ -220,10 +317,10 @@ def quantization_error(w: torch.Tensor, bits: int, per_channel: bool = True, sca
         return float((d * d).sum())
 
 
-def hessian_sensitivity(model, layers, losses: Union[LossClosure, Sequence[LossClosure]], method: str = "fd",
+def hessian_sensitivity(model, layers, losses: Union[LossClosure, Sequence[LossClosure]], method: str = "auto",
                         max_iters: int = 100, min_iters: int = 2, tol: float = 1e-2,
                         rel_eps: Optional[float] = None, blockwise: bool = False, seed: int = 0, clamp_negative: bool = True,
-                        return_traces: bool = False, fd_step: str = "global"):
+                        return_traces: bool = False, fd_step: str = "global", atol: float = 0.0):
     """HAWQ-V2 sensitivity ``{layer: {bits: Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2}}``.
 
     ``losses``: closures computing the loss of ``model`` on held-out batches (see :func:`lfmmi_closures`).
@@ -248,12 +345,17 @@ def hessian_sensitivity(model, layers, losses: Union[LossClosure, Sequence[LossC
         for ps in groups.values():
             for p in ps:
                 p.requires_grad_(True)
-        res = hutchinson_trace(losses, groups, method, max_iters, min_iters, tol, rel_eps, blockwise, seed, fd_step)
+        res = hutchinson_trace(losses, groups, method, max_iters, min_iters, tol, rel_eps, blockwise, seed,
+                               fd_step, atol)
     finally:
         model.set_weight_bits(saved_bits)
         model.train(was_training)
         for p in model.parameters():
             p.requires_grad_(saved_rg[id(p)])
+    neg = [n for n, t in res.avg_trace.items() if t < 0]
+    if neg:
+        log.warning("negative Hessian trace estimate for layer(s) %s (loss not locally convex there, or too few "
+                    "iterations)%s", ", ".join(neg), "; clamped to 0" if clamp_negative else "")
     per_channel = model.cfg.quant_per_channel
     qscale = model.cfg.quant_scale
     out: Dict[str, Dict[int, float]] = {}
@@ -267,7 +369,7 @@ def hessian_sensitivity(model, layers, losses: Union[LossClosure, Sequence[LossC
 
 
 def lfmmi_closures(model, batches, loss_fn, compiler, device=None, max_batches: Optional[int] = None,
-                   dtype: Optional[torch.dtype] = None) -> List[LossClosure]:
+                   dtype: Optional[torch.dtype] = None) -> List["SplitLoss"]:
     """One LF-MMI loss closure per batch (numerator graphs compiled once). ``loss_fn``: an
     ``lfmmi.LFMMILoss``; ``compiler``: ``NumeratorCompiler``. Batches: dicts with feats, lengths, texts.
     ``dtype``: features are cast to it (default: the model's parameter dtype)."""
@@ -282,12 +384,13 @@ def lfmmi_closures(model, batches, loss_fn, compiler, device=None, max_batches: 
         feats, lengths = b["feats"].to(device=device, dtype=dtype), b["lengths"].to(device)
         graphs = compiler.compile(b["texts"])
 
-        def closure(feats=feats, lengths=lengths, graphs=graphs):
-            chain, xent, out_len = model(feats, lengths)
-            loss, _stats = loss_fn(chain, xent, out_len, graphs)
-            return loss
+        def forward(feats=feats, lengths=lengths):
+            return model(feats, lengths)
 
-        out.append(closure)
+        def loss(chain, xent, out_len, graphs=graphs):
+            return loss_fn(chain, xent, out_len, graphs)[0]
+
+        out.append(SplitLoss(forward, loss))
     if not out:
         raise ValueError("no batches for the Hessian estimate")
     return out

@@ -110,6 +110,7 @@ class SuperNet(TDNNF):
         self._cur: Optional[list] = None
         self._skip: Optional[list] = None
         self.space = None  # the search_spaces.SearchSpace when built by from_space
+        self._table: Optional[SizeTable] = None
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -139,12 +140,14 @@ class SuperNet(TDNNF):
         ids = {id(p) for p in self.arch.parameters()}
         return [p for p in self.parameters() if id(p) not in ids]
 
-    def size_table(self, include_xent: bool = False) -> SizeTable:
+    def size_table(self) -> SizeTable:
         """Bytes per (layer, bits, bottleneck) from ``quant.cost_model`` (every stored tensor belongs to a
         genotype layer, so ``const_bytes`` is 0)."""
         from nas.penalty import size_table_from_cost_model
 
-        return size_table_from_cost_model(self.base_cfg, self.choices)
+        if self._table is None:
+            self._table = size_table_from_cost_model(self.base_cfg, self.choices)
+        return self._table
 
     # ------------------------------------------------------------------ forward
     def qw(self, name: str, w: torch.Tensor) -> torch.Tensor:
@@ -167,7 +170,7 @@ class SuperNet(TDNNF):
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, ivectors: Optional[torch.Tensor] = None):
         self._cur = self.arch()
         self._skip = None
-        if self.arch.is_fixed:  # constant weights: skip the candidates whose weight is exactly 0
+        if self.arch.is_fixed or not torch.is_grad_enabled():  # skip candidates whose weight is exactly 0
             self._skip = [([float(x) == 0.0 for x in wb.tolist()], [float(x) == 0.0 for x in wd.tolist()])
                           for wb, wd in self._cur]
         try:

@@ -256,3 +256,13 @@ def test_minimised_den_graph_is_equivalent(order):
     L = torch.tensor([20, 11, 17])
     for eta in (0.0, 0.1):
         assert torch.allclose(den_log_z(y, L, g, eta), den_log_z(y, L, g0, eta), rtol=1e-9)
+
+
+def test_den_graph_save_load(tmp_path):
+    lex, texts = fixture_lexicon_and_texts()
+    g = build_den_graph(lex, texts, order=3)
+    g.save(tmp_path / "den.npz")
+    h = type(g).load(tmp_path / "den.npz")
+    assert h.num_states == g.num_states and h.num_pdfs == g.num_pdfs
+    assert np.array_equal(h.fsa.src, g.fsa.src) and np.allclose(h.fsa.logw, g.fsa.logw)
+    assert np.allclose(h.init, g.init)

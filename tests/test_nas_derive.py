@@ -4,7 +4,7 @@ import json
 import numpy as np
 import torch
 
-from nas import ArchParams, derive_genotype, log_arch_tensorboard, probability_matrices, render_prob_image
+from nas import derive_genotype, log_arch_tensorboard, probability_matrices, render_prob_image
 from nas.penalty import size_table_from_cost_model
 from search_spaces import Genotype, load_search_space
 from supernet.network import SuperNet

@@ -1,7 +1,6 @@
 """ArchSearchHook inside the real training loop (tiny supernet, a stand-in loss): bi-level and
 single-level steps move the logits, the warm-up holds them, tau follows the schedule, genotype.json is
 written, and the hook state survives a checkpoint."""
-import json
 
 import pytest
 import torch
