@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--hessian-atol", type=float, default=0.0, help="absolute change of the running mean")
     p.add_argument("--hessian-rel-eps", type=float, default=None, help="fd step / ||W|| (default by dtype)")
     p.add_argument("--hessian-dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--hessian-negative", choices=["clamp", "abs", "keep"], default="clamp",
+                   help="what a negative average-trace estimate becomes (clamp: 0)")
     p.add_argument("--blockwise", action="store_true", help="one Hv per layer per iteration (no cross terms)")
     p.add_argument("--max-cells", type=int, default=200_000, help="knapsack DP grid size")
     p.add_argument("--device", default="cpu")
@@ -150,12 +152,15 @@ def measure(args, model, space):
     sens, res = hessian_sensitivity(model, space, closures, method=args.hessian_method,
                                     max_iters=args.hessian_max_iters, min_iters=args.hessian_min_iters,
                                     tol=args.hessian_tol, rel_eps=args.hessian_rel_eps, blockwise=args.blockwise,
-                                    seed=args.seed, return_traces=True, atol=args.hessian_atol)
+                                    seed=args.seed, return_traces=True, atol=args.hessian_atol,
+                                    negative=args.hessian_negative)
     log.info("Hutchinson: %d iterations, converged=%s", res.iters, res.converged)
     for l, t in res.avg_trace.items():
-        log.info("  %-10s avg trace %.6g  (%d params)", l, t, res.numel[l])
+        log.info("  %-10s avg trace %.6g +- %.2g  (%d params)", l, t, res.stderr[l] / max(res.numel[l], 1),
+                 res.numel[l])
     info["hessian"] = res.to_dict()
     info["hessian"].update({"dtype": args.hessian_dtype, "blockwise": args.blockwise,
+                            "negative": args.hessian_negative,
                             "skipped_sequences": loss_fn.total_skipped})
     return sens, info
 

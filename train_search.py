@@ -23,11 +23,10 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
-from training.loop import TrainHook, TrainOptions, Trainer
+from training.loop import TrainOptions, Trainer
 
 log = logging.getLogger("train_search")
 
@@ -38,115 +37,37 @@ SEARCH_DEFAULTS = {
 }
 
 
-class SearchHook(TrainHook):
-    """Architecture updates, temperature annealing, genotype writing and TensorBoard logging."""
+def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes):
+    from nas.derive import derive_genotype
+    from nas.hooks import ArchSearchHook
 
-    name = "search"
+    class _Hook(ArchSearchHook):
+        def write_genotype(self, trainer, epoch: int):
+            g = derive_genotype(self.architect.arch, space,
+                                source={"run": str(out_dir), "epoch": epoch, "step": trainer.step,
+                                        "target_bytes": target_bytes})
+            g.save(str(Path(out_dir) / f"genotype_epoch{epoch}.json"))
+            g.save(str(Path(out_dir) / "genotype.json"))
+            return g
 
-    def __init__(self, net, architect, schedule, held, opts, space, out_dir):
-        self.net, self.architect, self.schedule, self.held = net, architect, schedule, held
-        self.opts, self.space, self.out_dir = opts, space, Path(out_dir)
-        self.held_epoch, self.held_idx = 0, 0
-        self._held_iter = None
-        self.last = {}
+        def after_optimizer_step(self, trainer):
+            super().after_optimizer_step(trainer)
+            if trainer.dist.is_main and log_every and trainer.step % log_every == 0:
+                errs = trainer.raw_model.semi_orthogonality_errors()
+                if errs:
+                    trainer.log_scalars("search", {"semi_orth_error_max": max(errs.values())})
 
-    # ---------------------------------------------------------------- held-out batches (cycled)
-    def _next_held(self):
-        while True:
-            if self._held_iter is None:
-                self._held_iter = self.held.epoch(self.held_epoch, skip=self.held_idx)
-            try:
-                b = next(self._held_iter)
-                self.held_idx += 1
-                return b
-            except StopIteration:
-                self.held_epoch += 1
-                self.held_idx = 0
-                self._held_iter = None
+        def on_epoch_end(self, trainer, epoch, valid):
+            if trainer.dist.is_main:
+                g = self.write_genotype(trainer, epoch + 1)
+                log.info("epoch %d genotype (tau %.2f):\n%s", epoch + 1, self.architect.arch.tau,
+                         g.summary(space))
 
-    def epoch_float(self, trainer) -> float:
-        return trainer.step / max(1, trainer.steps_per_epoch)
+        def on_fit_end(self, trainer):
+            if trainer.dist.is_main:
+                self.write_genotype(trainer, trainer.epoch)
 
-    def on_fit_start(self, trainer):
-        self.net.arch.tau = self.schedule(self.epoch_float(trainer))
-
-    def extra_loss(self, trainer, batch, outputs):
-        if self.opts["mode"] == "single" and self.architect.active(self.epoch_float(trainer)):
-            pen, _ = self.architect.penalty_term()
-            return pen
-        return None
-
-    def after_optimizer_step(self, trainer):
-        ep = self.epoch_float(trainer)
-        stats = {}
-        if self.architect.active(ep) and trainer.step % self.opts["arch_every"] == 0:
-            if self.opts["mode"] == "bilevel":
-                batch = self._next_held()
-
-                def arch_loss():
-                    loss, st, _ = trainer.forward_loss(batch, train=False)
-                    return loss, st
-
-                stats = self.architect.step(arch_loss)
-            else:
-                self.architect.step_from_grads()
-                pen, exp = self.architect.penalty_term()
-                stats = {"penalty": float(pen.detach()), "expected_bytes": float(exp.detach())}
-        else:
-            self.architect.zero_grad()  # the weight step's backward left gradients on the logits
-            pen, exp = self.architect.penalty_term()
-            stats = {"penalty": float(pen.detach()), "expected_bytes": float(exp.detach())}
-        self.net.arch.tau = self.schedule(ep)
-        self.last = stats
-        if trainer.dist.is_main and trainer.step % self.opts["log_every"] == 0:
-            from nas import log_arch_tensorboard
-
-            log_arch_tensorboard(trainer.tb, self.net.arch, trainer.step, table=self.table)
-            trainer.log_scalars("search", {"expected_mb": stats.get("expected_bytes", 0.0) / 1e6,
-                                           "penalty": stats.get("penalty", 0.0),
-                                           "arch_objf_per_frame": stats.get("objf_per_frame", float("nan")),
-                                           "tau": self.net.arch.tau})
-            errs = self.net.semi_orthogonality_errors()
-            if errs:
-                trainer.log_scalars("search", {"semi_orth_error_max": max(errs.values())})
-
-    @property
-    def table(self):
-        if not hasattr(self, "_table"):
-            self._table = self.net.size_table()
-        return self._table
-
-    def write_genotype(self, trainer, epoch: int):
-        from nas import derive_genotype
-
-        g = derive_genotype(self.net.arch, self.space,
-                            source={"run": str(self.out_dir), "epoch": epoch, "step": trainer.step,
-                                    "target_bytes": self.architect.penalty.target_bytes})
-        g.save(str(self.out_dir / f"genotype_epoch{epoch}.json"))
-        g.save(str(self.out_dir / "genotype.json"))
-        return g
-
-    def on_epoch_end(self, trainer, epoch, valid):
-        if not trainer.dist.is_main:
-            return
-        g = self.write_genotype(trainer, epoch + 1)
-        from nas import log_arch_tensorboard
-
-        log_arch_tensorboard(trainer.tb, self.net.arch, trainer.step, table=self.table)
-        log.info("epoch %d genotype (tau %.2f):\n%s", epoch + 1, self.net.arch.tau, g.summary(self.space))
-
-    def on_fit_end(self, trainer):
-        if trainer.dist.is_main:
-            self.write_genotype(trainer, trainer.epoch)
-
-    def state_dict(self):
-        return {"architect": self.architect.state_dict(), "held_epoch": self.held_epoch,
-                "held_idx": self.held_idx}
-
-    def load_state_dict(self, state):
-        self.architect.load_state_dict(state["architect"])
-        self.held_epoch, self.held_idx = int(state["held_epoch"]), int(state["held_idx"])
-        self._held_iter = None
+    return _Hook(architect, schedule, arch_batches=held, space=space, table=table, log_every=log_every)
 
 
 def load_config(path):
@@ -260,7 +181,7 @@ def main(argv=None):
     held = make_batches(held_cuts, corpus, topts.max_duration, True, topts.seed + 1, dinfo) \
         if held_cuts is not None else None
     valid = make_batches(corpus.cuts("dev"), corpus, topts.valid_max_duration, False, 0, dinfo)
-    hook = SearchHook(net, architect, schedule, held, sopts, space, out)
+    hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target)
     trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, [hook],
                       params=net.weight_parameters(), show_progress=not args.no_progress)
     with open(out / "search_config.json", "w") as f:

@@ -39,6 +39,7 @@ class SizeTable:
                                  f"({len(l.bits)}, {len(l.dims)})")
             self.tables.append(t)
         self.const_bytes = float(const_bytes)
+        self._cache = {}
 
     @classmethod
     def from_cost_fn(cls, layers: Sequence[LayerChoices], cost_fn: Callable[[LayerChoices, int, Optional[int]], float],
@@ -65,13 +66,19 @@ class SizeTable:
         """``E[size]`` in bytes (float64 scalar, differentiable in ``weights``)."""
         if len(weights) != len(self.tables):
             raise ValueError(f"{len(weights)} weight pairs for {len(self.tables)} layers")
+        if not weights:
+            return torch.tensor(self.const_bytes, dtype=torch.float64)
         total = None
-        for t, (wb, wd) in zip(self.tables, weights):
-            t = t.to(wb.device)
+        for t, (wb, wd) in zip(self._on(weights[0][0].device), weights):
             e = wb.to(torch.float64) @ t @ wd.to(torch.float64)
             total = e if total is None else total + e
-        c = torch.tensor(self.const_bytes, dtype=torch.float64, device=total.device if total is not None else None)
-        return c if total is None else total + c
+        return total + self.const_bytes
+
+    def _on(self, device) -> List[torch.Tensor]:
+        key = str(device)
+        if key not in self._cache:
+            self._cache[key] = [t.to(device) for t in self.tables]
+        return self._cache[key]
 
     def min_bytes(self) -> float:
         return self.const_bytes + sum(float(t.min()) for t in self.tables)

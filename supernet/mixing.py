@@ -9,12 +9,20 @@ the first d columns of every offset block of ``A``. The affine composite is
 
     A_mix = sum_d w_d pad_d( sum_b w_b Q_b(A[:, cols(d)]) )
 
-(zero-padded back to r_max columns). When ``Q_b`` does not depend on the columns kept (float, or any
-per-tensor-free quantizer) this is exactly ``A_q . diag(m)`` with the rank mask
-``m_r = sum_k w_k 1[r < d_k]``; with a per-output-channel quantizer the row scales of candidate d are
-computed on its own columns, which is what the standalone network of rank d does, so one-hot weights
-reproduce it exactly. Rows of ``L`` beyond d meet zero columns of ``A``, so ``L`` needs no mask when its
-quantizer is per row; a per-tensor ``L`` quantizer is mixed the same way over rows (:func:`mix_rank_rows`).
+(zero-padded back to r_max columns). For float candidates this is exactly ``A . diag(m)`` with the rank
+mask ``m_r = sum_k w_k 1[r < d_k]`` (computed that way); with a per-output-channel quantizer the row
+scales of candidate d are computed on its own columns, which is what the standalone network of rank d
+does, so one-hot weights reproduce it exactly. Rows of ``L`` beyond d meet zero columns of ``A``, so ``L``
+needs no mask when its quantizer is per row; a per-tensor ``L`` quantizer is mixed the same way over rows
+(:func:`mix_rank_rows`).
+
+Two per-candidate flags save work without changing any value or gradient:
+
+* ``skip[j]``: the candidate's weight is a constant 0 (fixed one-hot weights, or no gradient wanted):
+  the candidate is not computed at all;
+* ``frozen[j]``: the candidate's weight *value* is 0 but it carries a gradient (a hard straight-through
+  Gumbel sample): its quantized copy is computed without autograd (the gradient to the latent weight
+  through it is ``0 * G``), so only the logits' gradient ``<G, Q_b(W)>`` flows.
 """
 from __future__ import annotations
 
@@ -25,17 +33,30 @@ import torch.nn.functional as F
 
 from quant.quantizers import fake_quant
 
+Flags = Optional[Sequence[bool]]
+
+
+def _flag(flags: Flags, j: int) -> bool:
+    return bool(flags[j]) if flags is not None else False
+
+
+def quantize(w: torch.Tensor, bits: int, per_channel: bool = True, scale: str = "maxabs", quant: bool = True,
+             frozen: bool = False) -> torch.Tensor:
+    """``fake_quant(w, bits, ...)`` (``w`` itself when ``quant`` is False); detached when ``frozen``."""
+    if frozen:
+        with torch.no_grad():
+            return (fake_quant(w, int(bits), per_channel, scale) if quant else w).detach()
+    return fake_quant(w, int(bits), per_channel, scale) if quant else w
+
 
 def mix_bits(w: torch.Tensor, bits: Sequence[int], wb: torch.Tensor, per_channel: bool = True,
-             scale: str = "maxabs", skip: Optional[Sequence[bool]] = None, quant: bool = True) -> torch.Tensor:
-    """``sum_b wb[b] * fake_quant(w, bits[b])``. ``skip[j]`` True drops candidate j (its weight is a
-    constant 0: fixed one-hot weights). ``quant=False`` treats every candidate as float (``sum_b wb[b] * w``)."""
+             scale: str = "maxabs", skip: Flags = None, quant: bool = True, frozen: Flags = None) -> torch.Tensor:
+    """``sum_b wb[b] * fake_quant(w, bits[b])``. ``quant=False`` treats every candidate as float."""
     out = None
     for j, b in enumerate(bits):
-        if skip is not None and skip[j]:
+        if _flag(skip, j):
             continue
-        q = fake_quant(w, int(b), per_channel, scale) if quant else w
-        term = wb[j] * q
+        term = wb[j] * quantize(w, b, per_channel, scale, quant, _flag(frozen, j))
         out = term if out is None else out + term
     if out is None:
         raise ValueError("every candidate skipped")
@@ -63,25 +84,31 @@ def _pad_cols(w: torch.Tensor, k: int, r: int) -> torch.Tensor:
     return F.pad(w.reshape(rows, k, d), (0, r - d)).reshape(rows, k * r)
 
 
+def rank_masks(r: int, k: int, dims: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(n_dims, k*r)``: row i is ``1[c < dims[i]]`` over each of the k offset blocks."""
+    ar = torch.arange(r, device=device)
+    return torch.stack([(ar < int(d)).to(dtype) for d in dims]).repeat(1, k)
+
+
 def mix_rank_cols(w: torch.Tensor, k: int, dims: Sequence[int], wd: torch.Tensor, bits: Sequence[int],
-                  wb: torch.Tensor, per_channel: bool = True, scale: str = "maxabs",
-                  skip_d: Optional[Sequence[bool]] = None, skip_b: Optional[Sequence[bool]] = None,
-                  quant: bool = True) -> torch.Tensor:
+                  wb: torch.Tensor, per_channel: bool = True, scale: str = "maxabs", skip_d: Flags = None,
+                  skip_b: Flags = None, quant: bool = True, frozen_d: Flags = None,
+                  frozen_b: Flags = None) -> torch.Tensor:
     """Affine-factor composite ``sum_d wd[d] pad(sum_b wb[b] Q_b(w[:, cols(d)]))`` (shape of ``w``).
 
-    Fast path (per-channel quantizer, b >= 2): ``pad(Q_b(w[:, cols(d)])) == Q_b(w * colmask_d)`` because a
-    symmetric uniform quantizer's row scale (max-abs, or the MSE search over fractions of it) ignores zero
-    entries and codes them as 0; so the masked copies of all candidate ranks are stacked along the channel
-    axis and quantized in one call per bit-width. The 1-bit quantizer's scale (mean |w| of the row) does
-    depend on the zeros, so 1 bit slices each rank. The one-hot equivalence tests check both paths.
+    Per-channel quantizer, b >= 2: ``pad(Q_b(w[:, cols(d)])) == Q_b(w * colmask_d)`` because a symmetric
+    uniform quantizer's row scale (max-abs, or the MSE search over fractions of it) ignores zero entries
+    and codes them as 0; so the masked copies of all candidate ranks are stacked along the channel axis
+    and quantized in one call per bit-width. The 1-bit quantizer's scale (mean |w| of the row) does depend
+    on the zeros, so 1 bit (and any per-tensor quantizer) slices each rank. The one-hot equivalence tests
+    check every path.
     """
     r = w.shape[1] // k
-    act_d = [j for j in range(len(dims)) if not (skip_d is not None and skip_d[j])]
-    act_b = [j for j in range(len(bits)) if not (skip_b is not None and skip_b[j])]
+    act_d = [j for j in range(len(dims)) if not _flag(skip_d, j)]
+    act_b = [j for j in range(len(bits)) if not _flag(skip_b, j)]
     if not act_d or not act_b:
         raise ValueError("every candidate skipped")
-    ar = torch.arange(r, device=w.device)
-    masks = torch.stack([(ar < int(dims[j])).to(w.dtype) for j in act_d]).repeat(1, k)  # (nd, k*r)
+    masks = rank_masks(r, k, [dims[j] for j in act_d], w.device, w.dtype)  # (nd, k*r)
     wd_a = wd[act_d]
     if not quant or all(int(bits[j]) == 32 for j in act_b):  # float: the plain rank mask
         sb = wb[act_b].sum() if len(act_b) > 1 else wb[act_b[0]]
@@ -90,18 +117,19 @@ def mix_rank_cols(w: torch.Tensor, k: int, dims: Sequence[int], wd: torch.Tensor
     out = None
     for j in act_b:
         b = int(bits[j])
+        fb = _flag(frozen_b, j)
         if b == 32:
             m = w * (wd_a @ masks)[None, :]
         elif b == 1 or not per_channel:
             m = None
             for jd in act_d:
-                d = int(dims[jd])
-                t = wd[jd] * _pad_cols(fake_quant(slice_cols(w, k, d), b, per_channel, scale), k, r)
+                q = quantize(slice_cols(w, k, int(dims[jd])), b, per_channel, scale, True, fb or _flag(frozen_d, jd))
+                t = wd[jd] * _pad_cols(q, k, r)
                 m = t if m is None else m + t
         else:
             if stacked is None:
                 stacked = (w[None] * masks[:, None, :]).reshape(len(act_d) * w.shape[0], w.shape[1])
-            q = fake_quant(stacked, b, True, scale).reshape(len(act_d), w.shape[0], w.shape[1])
+            q = quantize(stacked, b, True, scale, True, fb).reshape(len(act_d), w.shape[0], w.shape[1])
             m = q[0] * wd_a[0] if len(act_d) == 1 else torch.einsum("d,dhc->hc", wd_a, q)
         term = wb[j] * m
         out = term if out is None else out + term
@@ -109,19 +137,21 @@ def mix_rank_cols(w: torch.Tensor, k: int, dims: Sequence[int], wd: torch.Tensor
 
 
 def mix_rank_rows(w: torch.Tensor, dims: Sequence[int], wd: torch.Tensor, bits: Sequence[int],
-                  wb: torch.Tensor, per_channel: bool = True, scale: str = "maxabs",
-                  skip_d: Optional[Sequence[bool]] = None, skip_b: Optional[Sequence[bool]] = None,
-                  quant: bool = True) -> torch.Tensor:
+                  wb: torch.Tensor, per_channel: bool = True, scale: str = "maxabs", skip_d: Flags = None,
+                  skip_b: Flags = None, quant: bool = True, frozen_d: Flags = None,
+                  frozen_b: Flags = None) -> torch.Tensor:
     """Linear-factor composite over row prefixes (needed only when the quantizer is per tensor)."""
     r = w.shape[0]
     out = None
-    for j, d in enumerate(dims):
-        if skip_d is not None and skip_d[j]:
+    for jd, d in enumerate(dims):
+        if _flag(skip_d, jd):
             continue
-        m = mix_bits(slice_rows(w, int(d)), bits, wb, per_channel, scale, skip_b, quant)
+        fr = None if frozen_b is None and frozen_d is None else \
+            [_flag(frozen_b, j) or _flag(frozen_d, jd) for j in range(len(bits))]
+        m = mix_bits(slice_rows(w, int(d)), bits, wb, per_channel, scale, skip_b, quant, fr)
         if m.shape[0] != r:
             m = F.pad(m, (0, 0, 0, r - m.shape[0]))
-        term = wd[j] * m
+        term = wd[jd] * m
         out = term if out is None else out + term
     if out is None:
         raise ValueError("every candidate skipped")

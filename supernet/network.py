@@ -30,6 +30,10 @@ from supernet.mixing import mix_bits, mix_rank_cols, mix_rank_rows, slice_cols, 
 Choice = Tuple[int, Optional[int]]
 
 
+def _zeros(w: torch.Tensor) -> List[bool]:
+    return [x == 0.0 for x in w.detach().tolist()]
+
+
 def layer_choices_for(cfg: TDNNFConfig, choices: Dict[str, Tuple[Sequence[int], Optional[Sequence[int]]]]
                       ) -> List[LayerChoices]:
     """Genotype layers of ``cfg`` in network order with their candidates. ``choices[layer] = (bits,
@@ -109,6 +113,8 @@ class SuperNet(TDNNF):
                     self._wmap[w] = (li, "plain", 1)
         self._cur: Optional[list] = None
         self._skip: Optional[list] = None
+        self._frozen: Optional[list] = None
+        self.freeze_unsampled = True  # hard samples: no autograd through zero-valued candidates (same grads)
         self.space = None  # the search_spaces.SearchSpace when built by from_space
         self._table: Optional[SizeTable] = None
 
@@ -149,6 +155,19 @@ class SuperNet(TDNNF):
             self._table = size_table_from_cost_model(self.base_cfg, self.choices)
         return self._table
 
+    def expected_size_bytes(self) -> float:
+        """E[size] under the current architecture distribution (softmax of the logits), in bytes."""
+        with torch.no_grad():
+            return float(self.size_table().expected(self.arch.probs()))
+
+    def genotype(self, source: Optional[dict] = None):
+        """The argmax ``search_spaces.Genotype`` (needs a model built by :meth:`from_space`)."""
+        from nas.derive import derive_genotype
+
+        if self.space is None:
+            return derive_genotype(self.arch, table=self.size_table(), source=source)
+        return derive_genotype(self.arch, self.space, source=source)
+
     # ------------------------------------------------------------------ forward
     def qw(self, name: str, w: torch.Tensor) -> torch.Tensor:
         spec = self._wmap.get(name)
@@ -158,26 +177,29 @@ class SuperNet(TDNNF):
         layer = self.choices[li]
         wb, wd = self._cur[li]
         sb, sd = self._skip[li] if self._skip is not None else (None, None)
+        fb, fd = self._frozen[li] if self._frozen is not None else (None, None)
         pc, sc, q = self.cfg.quant_per_channel, self.cfg.quant_scale, self.quant_enabled
         if kind == "plain":
-            return mix_bits(w, layer.bits, wb, pc, sc, sb, q)
+            return mix_bits(w, layer.bits, wb, pc, sc, sb, q, fb)
         if kind == "affine":
-            return mix_rank_cols(w, k, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q)
+            return mix_rank_cols(w, k, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q, fd, fb)
         if pc or not q or all(b == 32 for b in layer.bits):  # row scales do not depend on the rank kept
-            return mix_bits(w, layer.bits, wb, pc, sc, sb, q)
-        return mix_rank_rows(w, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q)
+            return mix_bits(w, layer.bits, wb, pc, sc, sb, q, fb)
+        return mix_rank_rows(w, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q, fd, fb)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, ivectors: Optional[torch.Tensor] = None):
         self._cur = self.arch()
-        self._skip = None
-        if self.arch.is_fixed or not torch.is_grad_enabled():  # skip candidates whose weight is exactly 0
-            self._skip = [([float(x) == 0.0 for x in wb.tolist()], [float(x) == 0.0 for x in wd.tolist()])
-                          for wb, wd in self._cur]
+        self._skip = self._frozen = None
+        if self.arch.is_fixed or not torch.is_grad_enabled():
+            # constant weights: skip the candidates whose weight is exactly 0
+            self._skip = [(_zeros(wb), _zeros(wd)) for wb, wd in self._cur]
+        elif self.freeze_unsampled and self.training and self.arch.hard and self.arch.train_sampling == "gumbel":
+            # hard straight-through samples: zero-valued candidates need no gradient to the weights
+            self._frozen = [(_zeros(wb), _zeros(wd)) for wb, wd in self._cur]
         try:
             return super().forward(feats, lengths, ivectors)
         finally:
-            self._cur = None
-            self._skip = None
+            self._cur = self._skip = self._frozen = None
 
     # ------------------------------------------------------------------ export
     def subnet_config(self, choices) -> TDNNFConfig:

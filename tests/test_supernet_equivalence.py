@@ -121,6 +121,15 @@ def test_parameter_split():
     assert "arch._tau" in net.state_dict()
 
 
+def test_genotype_helpers():
+    space = small_space()
+    net = SuperNet.from_space(space)
+    g = net.genotype({"epoch": 1})
+    g.validate(space)
+    assert g.expected_size_bytes == net.size_table().size(net.arch.argmax_choices())
+    assert net.size_table().min_bytes() < net.expected_size_bytes() < net.size_table().max_bytes()
+
+
 def test_eval_mode_uses_argmax():
     space = small_space()
     net = randomize_(SuperNet.from_space(space)).eval()
@@ -171,3 +180,22 @@ def test_from_config_and_subnet_config_agree_with_space_builder():
     net2 = SuperNet(space.network, list(net.arch.layers))
     geno = random_genotype(space, random.Random(5))
     assert net.subnet_config(geno) == net2.subnet_config(geno)
+
+
+def test_hard_sampling_shortcut_keeps_every_gradient():
+    """Zero-valued candidates of a hard sample are computed without autograd: same values and gradients."""
+    space = small_space()
+    grads = []
+    for freeze in (False, True):
+        torch.manual_seed(0)
+        net = randomize_(SuperNet.from_space(space, hard=True)).train()
+        net.freeze_unsampled = freeze
+        net.arch.generator = torch.Generator().manual_seed(4)
+        x, L = batch()
+        c, xe, _ = net(x, L)
+        (c.square().mean() + xe.mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5), n
+    assert any(float(g.abs().sum()) > 0 for n, g in grads[1].items() if n.startswith("arch."))
