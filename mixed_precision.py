@@ -18,15 +18,16 @@ model-size budget (the paper's non-NAS baselines).
 3. Writes the genotype (``--out``), the sensitivity JSON (``--sensitivity-out``, default
    ``<out>.sensitivity.json`` beside it) and optionally the Pareto frontier (``--frontier-out``).
 
-Budget: ``--budget-bytes N`` (packed bytes), ``--budget-ratio R`` (R * fp32 bytes, 0 < R <= 1) or
-``--compression C`` (fp32 bytes / C); fp32 = the float model at the same bottlenecks.
+Budget: ``--budget-bytes N`` (packed bytes), ``--budget-ratio R`` (0 < R <= 1: R * fp32 bytes; R > 1: read as a
+compression factor, fp32 bytes / R) or ``--compression C`` / ``--target-ratio C`` (fp32 bytes / C, as
+train_search.py's ``--target-ratio``). fp32 = the float model of the space's largest network (the project's
+fp32 baseline, ``quant.cost_model.fp32_bytes(space.network)``), as train_search.py and retrain.py use.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,8 +47,10 @@ def parse_args(argv=None):
     p.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
     b = p.add_mutually_exclusive_group(required=True)
     b.add_argument("--budget-bytes", type=float, help="packed-size budget in bytes")
-    b.add_argument("--budget-ratio", type=float, help="budget as a fraction of the fp32 model (0 < R <= 1)")
-    b.add_argument("--compression", type=float, help="budget = fp32 bytes / C (C >= 1)")
+    b.add_argument("--budget-ratio", type=float,
+                   help="R <= 1: budget = R * fp32 bytes; R > 1: budget = fp32 bytes / R")
+    b.add_argument("--compression", "--target-ratio", dest="compression", type=float,
+                   help="budget = fp32 bytes / C (C >= 1), as train_search.py --target-ratio")
     p.add_argument("--out", required=True, help="genotype JSON to write")
     p.add_argument("--sensitivity-out", default=None, help="default: <out without .json>.sensitivity.json")
     p.add_argument("--frontier-out", default=None, help="also write the (bytes, sensitivity) Pareto frontier")
@@ -79,8 +82,8 @@ def parse_args(argv=None):
         p.error("give exactly one of --method and --sensitivity-in")
     if args.method is not None and not args.data_dir:
         p.error("--data-dir is needed to measure sensitivities")
-    if args.budget_ratio is not None and not 0 < args.budget_ratio <= 1:
-        p.error("--budget-ratio must be in (0, 1]")
+    if args.budget_ratio is not None and not args.budget_ratio > 0:
+        p.error("--budget-ratio must be > 0")
     if args.compression is not None and args.compression < 1:
         p.error("--compression must be >= 1")
     if args.max_batches < 1:
@@ -170,6 +173,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
 
+    from quant.cost_model import fp32_bytes
     from search_spaces.space import load_search_space
     from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, layer_sizes, normalise_table,
                                       pareto_frontier)
@@ -184,11 +188,16 @@ def main(argv=None):
               if l.has_bottleneck}
     else:
         bn = {l.name: l.bottlenecks[-1] for l in space.layers if l.has_bottleneck}
-    fp32 = fp32_model_bytes(space, bn)
+    fp32 = fp32_bytes(space.network)            # the project's fp32 baseline (largest network of the space)
+    fp32_here = fp32_model_bytes(space, bn)     # fp32 at the genotype's bottlenecks (== fp32 at max ranks)
     if args.budget_bytes is not None:
         budget = float(args.budget_bytes)
-    elif args.budget_ratio is not None:
+    elif args.budget_ratio is not None and args.budget_ratio <= 1:
         budget = args.budget_ratio * fp32
+    elif args.budget_ratio is not None:
+        log.info("--budget-ratio %g > 1: read as a compression factor (budget = fp32 / %g)", args.budget_ratio,
+                 args.budget_ratio)
+        budget = fp32 / args.budget_ratio
     else:
         budget = fp32 / args.compression
     sizes = layer_sizes(space, bn)
@@ -216,7 +225,7 @@ def main(argv=None):
         (out.name[:-5] if out.name.endswith(".json") else out.name) + ".sensitivity.json")
     record = {"method": method, "model": str(args.model), "space": space.name, "seed": args.seed,
               "measure_seconds": round(elapsed, 3), **info,
-              "bottlenecks": bn, "fp32_bytes": fp32,
+              "bottlenecks": bn, "fp32_bytes": fp32, "fp32_bytes_at_bottlenecks": fp32_here,
               "sensitivity": _bits_str_keys(sens), "layer_bytes": _bits_str_keys(sizes)}
     if not args.sensitivity_in:
         with open(sens_out, "w") as fh:

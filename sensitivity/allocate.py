@@ -22,7 +22,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from functools import reduce
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 

@@ -16,13 +16,10 @@ only (``t < out_lengths[b]``). The model is in eval mode (BatchNorm running stat
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-
-LayerSpec = Union[Mapping[str, Tuple[Sequence[str], Sequence[int]]], Sequence[object]]
-
 
 def layer_specs(layers) -> List[Tuple[str, Tuple[str, ...], Tuple[int, ...]]]:
     """Normalise the layer description to ``[(name, weight names, bit choices)]``.

@@ -59,7 +59,14 @@ def test_allocate_from_sensitivity_file(setup):
         "--out", tmp / "c4.json")
     run("--sensitivity-in", sens_path, "--model", model_path, "--space", space_path, "--budget-bytes", fp32 / 4,
         "--out", tmp / "b4.json")
-    assert Genotype.load(str(tmp / "c4.json")).layers == Genotype.load(str(tmp / "b4.json")).layers
+    run("--sensitivity-in", sens_path, "--model", model_path, "--space", space_path, "--budget-ratio", 4,
+        "--out", tmp / "r4.json")
+    run("--sensitivity-in", sens_path, "--model", model_path, "--space", space_path, "--target-ratio", 4,
+        "--out", tmp / "t4.json")
+    layers = Genotype.load(str(tmp / "c4.json")).layers
+    assert layers != Genotype.load(str(out)).layers
+    for name in ("b4.json", "r4.json", "t4.json"):
+        assert Genotype.load(str(tmp / name)).layers == layers
 
 
 def test_budget_too_small_and_bad_args(setup):

@@ -1,0 +1,106 @@
+"""retrain.py and train_search.py on the tiny corpus: ADMM lands on the grid, fine-tuning into a smaller
+bottleneck, bad genotypes, and kill-and-resume of a search."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_cli
+from training import checkpoint as ckpt
+
+
+def test_admm_retrain_ends_on_the_quantization_grid(tiny_corpus, small_train_config, tmp_path):
+    from quant.quantizers import fake_quant
+    from training.model_io import load_model_file
+
+    out = tmp_path / "admm"
+    run_cli(["retrain.py", "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 4,
+             "--uniform-bits", 2, "--quant-trainer", "admm", "--no-progress", "--out", out])
+    m = load_model_file(out / "model.pt")
+    params = m.weight_params(include_xent=False)
+    assert m.cfg.weight_bits, "a uniform 2-bit model must record per-weight bits"
+    for name, bits in m.cfg.weight_bits.items():
+        w = params[name].detach()
+        assert torch.equal(fake_quant(w, bits, m.cfg.quant_per_channel, m.cfg.quant_scale), w), name
+    size = json.load(open(out / "size.json"))
+    assert size["trainer"] == "admm" and size["payload_bytes"] == size["predicted_bytes"]
+
+
+def test_finetune_from_fp32_into_a_smaller_genotype(tiny_corpus, small_train_config, tmp_path):
+    from search_spaces.genotype import Genotype
+    from search_spaces.space import load_search_space
+
+    fp32 = tmp_path / "fp32"
+    run_cli(["retrain.py", "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 2,
+             "--no-progress", "--out", fp32])
+    space = load_search_space("tdnnf_demo")
+    layers = [l.name for l in space.layers]
+    g = {"version": 1, "search_space": "tdnnf_demo",
+         "layers": [{"name": n, "bits": 4 if n != "output" else 8,
+                     "bottleneck": (32 if n.startswith("tdnnf") else None)} for n in layers]}
+    gp = tmp_path / "g.json"
+    gp.write_text(json.dumps(g))
+    out = tmp_path / "ft"
+    run_cli(["retrain.py", "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 2,
+             "--genotype", gp, "--init-from", fp32 / "model.pt", "--no-progress", "--out", out])
+    size = json.load(open(out / "size.json"))
+    assert size["compression_ratio"] > 8
+    assert Genotype.load(str(out / "genotype.json")).layers[1].bottleneck == 32
+
+
+def test_bad_genotype_is_a_clear_error(tiny_corpus, tmp_path):
+    from search_spaces.space import load_search_space
+
+    names = [l.name for l in load_search_space("tdnnf_demo").layers]
+    g = {"version": 1, "search_space": "tdnnf_demo",
+         "layers": [{"name": n, "bits": 3 if n == "tdnnf2" else 8,
+                     "bottleneck": 64 if n.startswith("tdnnf") else None} for n in names]}
+    gp = tmp_path / "bad.json"
+    gp.write_text(json.dumps(g))
+    with pytest.raises(AssertionError, match="tdnnf2.*bits|bits.*3"):
+        run_cli(["retrain.py", "--data-dir", tiny_corpus, "--genotype", gp, "--max-steps", 1,
+                 "--out", tmp_path / "x"])
+    g["layers"] = g["layers"][:3]
+    gp.write_text(json.dumps(g))
+    with pytest.raises(AssertionError, match="3 entries"):
+        run_cli(["retrain.py", "--data-dir", tiny_corpus, "--genotype", gp, "--max-steps", 1,
+                 "--out", tmp_path / "x"])
+
+
+def test_search_kill_and_resume_gives_the_same_architecture_and_weights(tiny_corpus, small_train_config,
+                                                                       tmp_path):
+    common = ["train_search.py", "--data-dir", tiny_corpus, "--config", small_train_config,
+              "--target-ratio", 8, "--max-steps", 7, "--no-progress"]
+    # warm-up 0 so the architecture moves from the first step (the config sets only train/lfmmi)
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(open(small_train_config).read() + "search:\n  warmup_epochs: 0\n  held_out_fraction: 0.3\n")
+    common[common.index(small_train_config)] = cfg
+    run_cli(common + ["--out", tmp_path / "straight"])
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable] + [str(a) for a in common + ["--out", out]], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    saved, deadline = 0, time.time() + 600
+    for line in proc.stderr:
+        if "saved checkpoint at step" in line:
+            saved += 1
+            if saved == 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert time.time() < deadline
+    proc.wait()
+    assert saved == 2 and proc.returncode == -signal.SIGKILL
+    run_cli(common + ["--out", out, "--resume"])
+    a, b = ckpt.load(tmp_path / "straight" / "checkpoint.pt"), ckpt.load(out / "checkpoint.pt")
+    assert a["step"] == b["step"] == 7
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert json.load(open(tmp_path / "straight" / "genotype.json"))["layers"] == \
+        json.load(open(out / "genotype.json"))["layers"]
