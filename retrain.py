@@ -97,6 +97,8 @@ def init_from(model, path):
     dst = model.state_dict()
     copied, sliced = 0, 0
     for k, v in dst.items():
+        if k.startswith("arch."):  # a supernet's architecture logits are not model weights
+            continue
         if k not in src:
             raise RuntimeError(f"--init-from {path}: missing tensor {k} (another architecture?)")
         s = src[k]

@@ -106,6 +106,8 @@ class Runner:
                    "--target-bytes", str(self.budget_bytes(s)), "--device", self.device, "--no-progress"]
             if self.search_config:
                 cmd += ["--config", self.search_config]
+            if s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):
+                cmd += ["--init-from", str(self.fp32_model())]
             if not s.get("search_bottleneck", True):
                 cmd += ["--no-bottleneck-search"]
             if (sd / "checkpoint.pt").is_file():
@@ -120,8 +122,12 @@ class Runner:
             return
         cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(d),
                "--device", self.device, "--no-progress"]
-        if self.retrain_config:
-            cmd += ["--config", self.retrain_config]
+        rc = self.retrain_config
+        if s["kind"] != "fp32" and self.cfg.get("finetune_config"):
+            rc = self.cfg["finetune_config"]
+        rc = s.get("retrain_config", rc)
+        if rc:
+            cmd += ["--config", rc]
         if s["kind"] == "uniform":
             cmd += ["--uniform-bits", str(int(s["bits"]))]
         elif genotype is not None:

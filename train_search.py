@@ -103,6 +103,8 @@ def parse_args(argv=None):
     t.add_argument("--target-bytes", type=float)
     t.add_argument("--target-mb", type=float)
     t.add_argument("--target-ratio", type=float, help="budget = fp32 size of the space's largest net / R")
+    p.add_argument("--init-from", default=None,
+                   help="start the shared weights from this float model.pt (e.g. the fp32 baseline)")
     p.add_argument("--no-bottleneck-search", action="store_true", help="search bits only (max dims)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
     p.add_argument("--device", default="cpu")
@@ -127,7 +129,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from nas import Architect, SizePenalty, TemperatureSchedule
     from quant.cost_model import fp32_bytes
-    from retrain import seed_everything
+    from retrain import init_from, seed_everything
     from search_spaces.space import load_search_space
     from supernet.network import SuperNet
     from training import distributed
@@ -152,6 +154,8 @@ def main(argv=None):
     search_space = restrict_bottlenecks(space) if args.no_bottleneck_search else space
     net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
                               hard=bool(sopts["hard"]))
+    if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
+        init_from(net, args.init_from)
     fp32 = fp32_bytes(space.network)
     if args.target_bytes:
         target = args.target_bytes
