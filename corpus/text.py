@@ -7,7 +7,8 @@ small package that installs in seconds from Debian; its vocabulary (tens of thou
 above the 2,000-word floor, and the offensive collection lives in a separate package (fortunes-off)
 that we never use.  We skip the files that are mostly code, ASCII art or jokes in dialect.
 
-Normalisation: entries are split into sentences; attributions (``-- Author``) are dropped; digit strings
+Normalisation: entries are split into sentences; attributions (``-- Author``) and leading labels
+(``Q:``, ``A:``, ``QOTD:``) are dropped; digit strings
 are spelled out (``1984`` -> ``NINETEEN EIGHTY FOUR``, ``42`` -> ``FORTY TWO``, ``3.5`` ->
 ``THREE POINT FIVE``); hyphenated words are split; words are upper-cased and every word must be in the
 pronunciation lexicon (CMUdict), otherwise the sentence is not used.
@@ -143,6 +144,7 @@ def normalise_sentence(sentence: str, in_vocab: Optional[Callable[[str], bool]] 
     abbreviations with inner dots, or (with ``in_vocab`` given) a word the lexicon lacks.
     """
     s = sentence.replace("\u2019", "'").replace("`", "'")
+    s = re.sub(r"^\(?[A-Za-z]+\)?:\s+", "", s)  # dialogue / riddle labels: "Q: ...", "A: ...", "QOTD: ..."
     s = s.replace("--", " ")
     if not _ALLOWED.match(s):
         return None

@@ -66,6 +66,7 @@ def test_normalise_sentence():
     ok = lambda w: w in cmu  # noqa: E731
     assert normalise_sentence("Don't panic, it's only 42 days.", ok) == "DON'T PANIC IT'S ONLY FORTY TWO DAYS"
     assert normalise_sentence("Visit http://x.org now", ok) is None
+    assert normalise_sentence("A: None, the bulb is fine.", ok) == "NONE THE BULB IS FINE"
     assert normalise_sentence("The U.S. army", ok) is None
     assert normalise_sentence("He said qwxzpt twice", ok) is None
     assert split_sentences("One. Two!  Three?") == ["One.", "Two!", "Three?"]
