@@ -249,9 +249,12 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--out", default=None, help="default: the config's out, else exp/<config name>")
     p.add_argument("--device", default=None)
+    p.add_argument("--data-dir", default=None, help="override the config's data_dir")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(args.config)
+    if args.data_dir:
+        cfg["data_dir"] = args.data_dir
     out = Path(args.out or cfg.get("out") or f"exp/{Path(args.config).stem}")
     out.mkdir(parents=True, exist_ok=True)
     Runner(cfg, out, args.device or cfg.get("device", "cpu")).run_all()

@@ -9,7 +9,8 @@ venv), e.g.
     OMP_NUM_THREADS=1 ~/.cache/green-asr/k2-venv/bin/python bench/bench_lfmmi.py --graph bigram-full
     OMP_NUM_THREADS=1 ~/.cache/green-asr/k2-venv/bin/python bench/bench_lfmmi.py --graph 4gram
 
-Without k2 only the torch backend is timed. Graphs (from tests/fixtures/lfmmi): 'bigram-full' (every
+Without k2 only the torch backend is timed. ``--data-dir data/synth_demo`` builds the den graph from a
+prepared corpus' lexicon and LM text instead of the fixture. Graphs (from tests/fixtures/lfmmi): 'bigram-full' (every
 phone pair: the reference icefall-like size), '2gram', '3gram', '4gram' (estimated from the fixture text).
 The torch backend runs with leaky 0.1 (its cost does not depend on it); k2 has no leaky HMM (eta = 0).
 """
@@ -37,9 +38,15 @@ from lfmmi.loss import LFMMILoss, LFMMIOptions  # noqa: E402
 FIX = os.path.join(ROOT, "tests", "fixtures", "lfmmi")
 
 
-def build(graph: str):
-    lex = DictLexicon.load(os.path.join(FIX, "lexicon.txt"))
-    with open(os.path.join(FIX, "text.txt")) as f:
+def build(graph: str, data_dir=None):
+    """Den graph from the fixture text, or from a prepared corpus (its lexicon and LM text)."""
+    if data_dir:
+        lex = DictLexicon.load(os.path.join(data_dir, "lang", "lexicon.txt"))
+        text_path = os.path.join(data_dir, "lm_train_text.txt")
+    else:
+        lex = DictLexicon.load(os.path.join(FIX, "lexicon.txt"))
+        text_path = os.path.join(FIX, "text.txt")
+    with open(text_path) as f:
         texts = [l.strip() for l in f if l.strip()]
     if graph == "bigram-full":
         P = len(lex.phones)
@@ -72,7 +79,7 @@ def make_inputs(lex, texts, den, B, T, seed):
 
 def child(args) -> dict:
     torch.set_num_threads(args.threads)
-    lex, texts, den = build(args.graph)
+    lex, texts, den = build(args.graph, args.data_dir)
     y0, x0, L, fs = make_inputs(lex, texts, den, args.batch, args.frames, args.seed)
     dev = torch.device(args.device)
     y0, x0, L = y0.to(dev), x0.to(dev), L.to(dev)
@@ -110,6 +117,8 @@ def child(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--graph", default="bigram-full", choices=["bigram-full", "2gram", "3gram", "4gram"])
+    ap.add_argument("--data-dir", default=None,
+                    help="prepared corpus (e.g. data/synth_demo): den graph from its lexicon and LM text")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--reps", type=int, default=5)
@@ -140,7 +149,7 @@ def main() -> None:
             raise SystemExit(f"{b} child failed")
         res[b] = json.loads(p.stdout.strip().splitlines()[-1])
     any_r = next(iter(res.values()))
-    print(f"den graph '{args.graph}': {any_r['den_states']} states, {any_r['den_arcs']} arcs; "
+    print(f"den graph '{args.graph}' from {args.data_dir or 'tests/fixtures/lfmmi'}: {any_r['den_states']} states, {any_r['den_arcs']} arcs; "
           f"B={args.batch} T={args.frames} device={args.device} threads={args.threads} torch={any_r['torch']}")
     for b, r in res.items():
         mem = f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['rss_growth_mb']:.0f} MB during the loop)"

@@ -198,8 +198,17 @@ def make_switchboard(root: Path, convs=("2001", "2002", "2003", "2004")) -> tupl
     return root / "LDC97S62", trans
 
 
-def test_switchboard_fake_release(tmp_path, monkeypatch):
+@pytest.fixture
+def sph_backend(monkeypatch):
+    """The importer switches lhotse to libsndfile for SPHERE (no sph2pipe here); undo that afterwards."""
     monkeypatch.delenv("LHOTSE_AUDIO_BACKEND", raising=False)
+    yield
+    from lhotse.audio.backend import set_current_audio_backend
+
+    set_current_audio_backend("default")
+
+
+def test_switchboard_fake_release(tmp_path, sph_backend):
     audio, trans = make_switchboard(tmp_path)
     out = tmp_path / "swbd"
     assert _prepare("--corpus", "switchboard", "--audio-dir", str(audio), "--transcripts-dir", str(trans),
@@ -218,16 +227,14 @@ def test_switchboard_fake_release(tmp_path, monkeypatch):
     assert len(cuts["train"]) == 2 * 4 * 3 and cuts["train"][0].load_features().shape[1] == 40
 
 
-def test_switchboard_missing_transcript_side(tmp_path, monkeypatch):
-    monkeypatch.delenv("LHOTSE_AUDIO_BACKEND", raising=False)
+def test_switchboard_missing_transcript_side(tmp_path, sph_backend):
     audio, trans = make_switchboard(tmp_path, convs=("2001", "2002", "2003"))
     (trans / "20" / "02" / "sw2002B-ms98-a-trans.text").unlink()
     assert _prepare("--corpus", "switchboard", "--audio-dir", str(audio), "--transcripts-dir", str(trans),
                     "--out", str(tmp_path / "o")) == 2
 
 
-def test_switchboard_own_lexicon(tmp_path, monkeypatch):
-    monkeypatch.delenv("LHOTSE_AUDIO_BACKEND", raising=False)
+def test_switchboard_own_lexicon(tmp_path, sph_backend):
     audio, trans = make_switchboard(tmp_path, convs=("2001", "2002", "2003"))
     out = tmp_path / "swbd"
     assert _prepare("--corpus", "switchboard", "--audio-dir", str(audio), "--transcripts-dir", str(trans),

@@ -76,3 +76,12 @@ def test_importer_transcript_normalisation():
     assert normalise_transcript("hello, World [noise] <unk> 3 cats") == "HELLO WORLD THREE CATS"
     assert normalise_transcript("") == ""
     assert normalise_swbd("[laughter-yes] i th[e]- the [noise] [bocket/bucket] uh-huh") == "YES I THE BUCKET UH-HUH"
+
+
+def test_missing_text_source_is_a_clear_error(tmp_path, monkeypatch):
+    import corpus.text as text
+
+    monkeypatch.setattr(text, "FORTUNE_DIR", tmp_path / "nothing")
+    with pytest.raises(text.TextSourceError) as e:
+        text.ensure_fortunes(install=False)
+    assert "apt-get install fortunes fortunes-min" in str(e.value)
