@@ -10,7 +10,7 @@ VENV="${VENV:-$ROOT/.venv}"
 log() { echo "[setup] $*" >&2; }
 
 # ---- Debian packages --------------------------------------------------------------------------
-DEB_PKGS=(sox libsox-fmt-all flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts espeak-ng fortunes-min)
+DEB_PKGS=(sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts espeak-ng fortunes fortunes-min)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
