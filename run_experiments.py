@@ -9,7 +9,9 @@ stage as its own command (search -> retrain -> export -> decode dev/test), write
 CSV, JSON) with bytes on disk, compression ratio against fp32, WER and the significance of each WER
 change against fp32, and a plot of WER against model size. A stage whose output file exists is not
 redone; an interrupted stage is continued with ``--resume``. So rerunning the command after a kill
-picks up where it stopped.
+picks up where it stopped. Several runners may work on one experiment at once (each system is
+locked by the runner working on it; ``--only`` gives a runner its own list and order), e.g. to keep
+both cores busy while one of them decodes.
 """
 from __future__ import annotations
 
@@ -64,6 +66,35 @@ def run(cmd: List[str], log_file: Path) -> None:
         tail = "".join(open(log_file).readlines()[-30:])
         raise RuntimeError(f"stage failed (exit {r.returncode}): {' '.join(cmd)}\n--- {log_file} ---\n{tail}")
     log.info("   done in %.0f s", time.time() - t0)
+
+
+class SystemLock:
+    """``<system dir>/.lock`` holding the owner's pid, so several runners can share one experiment:
+    a system another live runner is working on is left to it. A lock whose process is gone is taken."""
+
+    def __init__(self, d: Path):
+        self.path = d / ".lock"
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return True
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or "0")
+                    os.kill(pid, 0)
+                    return False  # a live runner owns it
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    log.warning("removing stale lock %s", self.path)
+                    self.path.unlink(missing_ok=True)
+        return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 class Runner:
@@ -228,20 +259,42 @@ class Runner:
             log.warning("TensorBoard figure not written: %s", e)
         plt.close(fig)
 
-    def run_all(self) -> List[Dict[str, Any]]:
+    def run_all(self, only: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         systems = self.cfg["systems"]
         order = sorted(systems, key=lambda s: s["kind"] != "fp32")  # fp32 first: others refer to it
+        if only:
+            by_name = {s["name"]: s for s in systems}
+            unknown = [n for n in only if n not in by_name]
+            if unknown:
+                raise ValueError(f"--only: no system(s) {unknown} in the config")
+            order = [by_name[n] for n in only]
         if order and order[0]["kind"] != "fp32" and any(s["kind"] != "uniform" for s in systems):
             raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
-        rows = []
+        rows, busy = [], []
         for s in order:
-            log.info("=== system %s (%s)", s["name"], s["kind"])
-            g = self.genotype(s)
-            self.retrain(s, g)
-            self.decode(s)
+            if not self.finished(s):
+                lock = SystemLock(self.sys_dir(s["name"]))
+                if not lock.acquire():
+                    log.info("=== system %s is being run by another runner: skipped here", s["name"])
+                    busy.append(s["name"])
+                    continue
+                try:
+                    log.info("=== system %s (%s)", s["name"], s["kind"])
+                    g = self.genotype(s)
+                    self.retrain(s, g)
+                    self.decode(s)
+                finally:
+                    lock.release()
             rows.append(self.row(s))
             self.write_table(rows)
+        if busy:
+            log.info("not in the table yet (run by another runner): %s; rerun to complete it", busy)
         return rows
+
+    def finished(self, s) -> bool:
+        d = self.sys_dir(s["name"])
+        return (d / "size.json").is_file() and all((d / f"decode_{sp}" / "wer.json").is_file()
+                                                   for sp in self.splits)
 
 
 def main(argv=None) -> int:
@@ -250,6 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: the config's out, else exp/<config name>")
     p.add_argument("--device", default=None)
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
+    p.add_argument("--only", default=None, help="comma-separated systems to run, in this order")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(args.config)
@@ -257,7 +311,8 @@ def main(argv=None) -> int:
         cfg["data_dir"] = args.data_dir
     out = Path(args.out or cfg.get("out") or f"exp/{Path(args.config).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    Runner(cfg, out, args.device or cfg.get("device", "cpu")).run_all()
+    Runner(cfg, out, args.device or cfg.get("device", "cpu")).run_all(
+        args.only.split(",") if args.only else None)
     log.info("results: %s", out / "results.md")
     return 0
 
