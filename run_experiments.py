@@ -268,10 +268,14 @@ class Runner:
             if unknown:
                 raise ValueError(f"--only: no system(s) {unknown} in the config")
             order = [by_name[n] for n in only]
-        if order and order[0]["kind"] != "fp32" and any(s["kind"] != "uniform" for s in systems):
+        if not any(s["kind"] == "fp32" for s in systems):
             raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
         rows, busy = [], []
         for s in order:
+            if not self.finished(s) and self.needs_fp32(s) and not self.finished_named("fp32"):
+                log.info("=== system %s waits for the fp32 baseline (not finished yet): skipped here", s["name"])
+                busy.append(s["name"])
+                continue
             if not self.finished(s):
                 lock = SystemLock(self.sys_dir(s["name"]))
                 if not lock.acquire():
@@ -290,6 +294,18 @@ class Runner:
         if busy:
             log.info("not in the table yet (run by another runner): %s; rerun to complete it", busy)
         return rows
+
+    def needs_fp32(self, s) -> bool:
+        if s["kind"] == "fp32":
+            return False
+        if s["kind"] in ("kl", "hessian") or s.get("budget_ratio") is not None:
+            return True
+        if s["kind"] == "nas" and s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):
+            return True
+        return bool(s.get("finetune_from_fp32", self.cfg.get("finetune_from_fp32", True)))
+
+    def finished_named(self, name: str) -> bool:
+        return any(self.finished(s) for s in self.cfg["systems"] if s["name"] == name)
 
     def finished(self, s) -> bool:
         d = self.sys_dir(s["name"])
