@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from training.loop import TrainHook, TrainOptions, Trainer
 
@@ -73,14 +72,9 @@ class ADMMHook(TrainHook):
 
 
 def load_config(path):
-    if path is None:
-        return {}
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    bad = sorted(set(cfg) - {"train", "lfmmi", "quant"})
-    if bad:
-        raise ValueError(f"{path}: unknown section(s) {bad}; expected train, lfmmi, quant")
-    return cfg
+    from training.experiment import load_sections
+
+    return load_sections(path, ("train", "lfmmi", "quant"))
 
 
 def seed_everything(seed: int):

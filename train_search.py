@@ -23,8 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-import yaml
 
 from training.loop import TrainOptions, Trainer
 
@@ -71,14 +69,9 @@ def make_search_hook(architect, schedule, held, space, table, log_every, out_dir
 
 
 def load_config(path):
-    if path is None:
-        return {}
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    bad = sorted(set(cfg) - {"train", "lfmmi", "search"})
-    if bad:
-        raise ValueError(f"{path}: unknown section(s) {bad}; expected train, lfmmi, search")
-    return cfg
+    from training.experiment import load_sections
+
+    return load_sections(path, ("train", "lfmmi", "search"))
 
 
 def search_options(d):

@@ -26,6 +26,28 @@ def run_cli(args, cwd=ROOT, env=None, timeout=900):
     return r
 
 
+def run_and_kill_after_checkpoints(args, n: int = 2, timeout: float = 600):
+    """Start a CLI, SIGKILL it right after its n-th "saved checkpoint" log line; return that count."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable] + [str(a) for a in args], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    saved, deadline = 0, time.time() + timeout
+    for line in proc.stderr:
+        if "saved checkpoint at step" in line:
+            saved += 1
+            if saved == n:
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert time.time() < deadline, "timed out waiting for checkpoints"
+    proc.wait()
+    assert saved == n, f"the run ended after {saved} checkpoints, before the {n}th"
+    assert proc.returncode == -signal.SIGKILL
+    return saved
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """``prepare_data.py --corpus synth --size tiny`` (about 15 s), shared by the whole session."""

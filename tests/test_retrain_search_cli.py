@@ -3,16 +3,11 @@ bottleneck, bad genotypes, and kill-and-resume of a search."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_and_kill_after_checkpoints, run_cli
 from training import checkpoint as ckpt
 
 
@@ -84,19 +79,7 @@ def test_search_kill_and_resume_gives_the_same_architecture_and_weights(tiny_cor
     common[common.index(small_train_config)] = cfg
     run_cli(common + ["--out", tmp_path / "straight"])
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable] + [str(a) for a in common + ["--out", out]], cwd=ROOT,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    saved, deadline = 0, time.time() + 600
-    for line in proc.stderr:
-        if "saved checkpoint at step" in line:
-            saved += 1
-            if saved == 2:
-                proc.send_signal(signal.SIGKILL)
-                break
-        assert time.time() < deadline
-    proc.wait()
-    assert saved == 2 and proc.returncode == -signal.SIGKILL
+    run_and_kill_after_checkpoints(common + ["--out", out], 2)
     run_cli(common + ["--out", out, "--resume"])
     a, b = ckpt.load(tmp_path / "straight" / "checkpoint.pt"), ckpt.load(out / "checkpoint.pt")
     assert a["step"] == b["step"] == 7

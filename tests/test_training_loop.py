@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_and_kill_after_checkpoints, run_cli
 from training import checkpoint as ckpt
 from training.loop import TrainOptions
 
@@ -26,21 +22,7 @@ def test_kill_and_resume_gives_the_same_parameters(tiny_corpus, small_train_conf
 
     # Start the same run, kill -9 it right after its second checkpoint, then --resume.
     out = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable] + [str(a) for a in common + ["--out", out]], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    saved = 0
-    deadline = time.time() + 600
-    for line in proc.stderr:
-        if "saved checkpoint at step" in line:
-            saved += 1
-            if saved == 2:
-                proc.send_signal(signal.SIGKILL)
-                break
-        assert time.time() < deadline
-    proc.wait()
-    assert saved == 2, "the run ended before its second checkpoint"
-    assert proc.returncode == -signal.SIGKILL
+    run_and_kill_after_checkpoints(common + ["--out", out], 2)
     assert not (out / "model.pt").exists()
     st = ckpt.load(out / "checkpoint.pt")
     assert 0 < st["step"] < 7

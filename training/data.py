@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, Optional
 import warnings
 
 warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")

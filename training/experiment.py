@@ -12,7 +12,7 @@ import logging
 from functools import partial
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from training.data import Cmvn, ResumableBatches, load_cuts, make_sampler
 
@@ -29,6 +29,22 @@ class Corpus:
 
     def cuts(self, split: str):
         return load_cuts(self.data_dir, split)
+
+
+def load_sections(path, allowed) -> Dict[str, Any]:
+    """A YAML config made of named sections (e.g. train, lfmmi, quant); unknown sections are an error."""
+    if path is None:
+        return {}
+    import yaml
+
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping of sections {sorted(allowed)}")
+    bad = sorted(set(cfg) - set(allowed))
+    if bad:
+        raise ValueError(f"{path}: unknown section(s) {bad}; expected {sorted(allowed)}")
+    return cfg
 
 
 def load_corpus(data_dir) -> Corpus:

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from training import checkpoint as ckpt
 from training.data import Cmvn
