@@ -107,6 +107,8 @@ class Runner:
         self.search_config = cfg.get("search_config")
         self.extra_retrain = [str(a) for a in cfg.get("retrain_args", [])]
         self.extra_decode = [str(a) for a in cfg.get("decode_args", [])]
+        # the system every WER change is tested against (e.g. fp32 given the same fine-tuning epochs)
+        self.reference = cfg.get("reference", "fp32")
 
     def sys_dir(self, name) -> Path:
         return self.out / name
@@ -180,8 +182,6 @@ class Runner:
             cmd = [PY, "decode.py", "--model", str(d / "model.safetensors"), "--data-dir", self.data_dir,
                    "--split", split, "--out", str(dd), "--device", self.device, "--no-progress",
                    "--graph-cache", str(self.out / "graphs")]
-            if s["name"] != "fp32":
-                cmd += ["--compare", str(self.sys_dir("fp32") / f"decode_{split}")]
             run(cmd + self.extra_decode, d / "log.txt")
 
     # ----------------------------------------------------------------- table
@@ -198,10 +198,24 @@ class Runner:
         for split in self.splits:
             w = json.load(open(d / f"decode_{split}" / "wer.json"))
             r[f"wer_{split}"] = w["wer"]  # percent
-            cmp = w.get("compare") or {}
-            r[f"p_{split}"] = cmp.get("mapsswe", {}).get("p_value")
-            r[f"delta_{split}"] = cmp.get("delta_wer")
+            r[f"p_{split}"], r[f"p_boot_{split}"], r[f"delta_{split}"] = self.significance(s["name"], split)
         return r
+
+    def significance(self, name: str, split: str):
+        """(MAPSSWE p, paired-bootstrap p, WER change in points) of ``name`` against the reference system
+        on ``split``; Nones for the reference itself or while the reference is not decoded."""
+        from decoding.significance import compare_systems
+        from decoding.wer import corpus_wer, read_text_file
+
+        ref_dir = self.sys_dir(self.reference) / f"decode_{split}"
+        if name == self.reference or not (ref_dir / "hyps.txt").is_file():
+            return None, None, None
+        d = self.sys_dir(name) / f"decode_{split}"
+        refs = read_text_file(str(d / "refs.txt"))
+        hyp, base = read_text_file(str(d / "hyps.txt")), read_text_file(str(ref_dir / "hyps.txt"))
+        cmp = compare_systems(refs, hyp, base)
+        delta = corpus_wer(refs, hyp)["wer"] - corpus_wer(refs, base)["wer"]
+        return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], delta
 
     def write_table(self, rows: List[Dict[str, Any]]) -> None:
         keys = list(rows[0].keys())
@@ -212,12 +226,15 @@ class Runner:
         json.dump(rows, open(self.out / "results.json", "w"), indent=1)
         head = ["system", "bits per layer", "bottlenecks", "bytes on disk", "ratio"]
         for sp in self.splits:
-            head += [f"{sp} WER %", f"{sp} dWER (p)"]
+            head += [f"{sp} WER %", f"{sp} dWER vs {self.reference} (p)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             cells = [r["system"], r["bits"], r["bottlenecks"] or "-", f"{r['bytes']:,}", f"{r['ratio']:.1f}x"]
             for sp in self.splits:
                 cells.append(f"{r[f'wer_{sp}']:.2f}")
+                if r["system"] == self.reference:
+                    cells.append("(reference)")
+                    continue
                 if r.get(f"p_{sp}") is None:
                     cells.append("-")
                 else:
