@@ -31,19 +31,22 @@ log = logging.getLogger("train_search")
 SEARCH_DEFAULTS = {
     "mode": "bilevel", "held_out_fraction": 0.1, "warmup_epochs": 1.0, "arch_lr": 0.01, "arch_every": 1,
     "tau_start": 5.0, "tau_end": 0.5, "tau_schedule": "exponential", "hard": False, "penalty": "hinge",
-    "penalty_weight": 2.0, "init": "uniform", "log_every": 10,
+    "penalty_weight": 2.0, "init": "uniform", "log_every": 10, "derivation": "budget",
 }
 
 
-def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes):
-    from nas.derive import derive_genotype
+def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes,
+                     derivation="budget"):
+    from nas.derive import derive_genotype, derive_genotype_within_budget
     from nas.hooks import ArchSearchHook
 
     class _Hook(ArchSearchHook):
         def write_genotype(self, trainer, epoch: int):
-            g = derive_genotype(self.architect.arch, space,
-                                source={"run": str(out_dir), "epoch": epoch, "step": trainer.step,
-                                        "target_bytes": target_bytes})
+            src = {"run": str(out_dir), "epoch": epoch, "step": trainer.step, "target_bytes": target_bytes}
+            if derivation == "budget":
+                g = derive_genotype_within_budget(self.architect.arch, space, table, target_bytes, src)
+            else:
+                g = derive_genotype(self.architect.arch, space, source=src)
             g.save(str(Path(out_dir) / f"genotype_epoch{epoch}.json"))
             g.save(str(Path(out_dir) / "genotype.json"))
             return g
@@ -81,6 +84,8 @@ def search_options(d):
     if bad:
         raise ValueError(f"unknown search option(s) {bad}; known: {sorted(opts)}")
     opts.update(d)
+    if opts["derivation"] not in ("budget", "argmax"):
+        raise ValueError(f"search.derivation must be budget or argmax, got {opts['derivation']!r}")
     if opts["mode"] not in ("bilevel", "single"):
         raise ValueError(f"search.mode must be bilevel or single, got {opts['mode']!r}")
     return opts
@@ -178,7 +183,8 @@ def main(argv=None):
     held = make_batches(held_cuts, corpus, topts.max_duration, True, topts.seed + 1, dinfo) \
         if held_cuts is not None else None
     valid = make_batches(corpus.cuts("dev"), corpus, topts.valid_max_duration, False, 0, dinfo)
-    hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target)
+    hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target,
+                            sopts["derivation"])
     trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, [hook],
                       params=net.weight_parameters(), show_progress=not args.no_progress)
     with open(out / "search_config.json", "w") as f:

@@ -2,7 +2,7 @@
 TensorBoard scalars)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -115,3 +115,41 @@ def log_arch_tensorboard(writer, arch: ArchParams, step: int, table: Optional[Si
         if mats["dim_labels"]:
             writer.add_image(f"{prefix}/dims_matrix", render_prob_image(mats["dims"]), step, dataformats="CHW")
     return scalars
+
+
+def derive_genotype_within_budget(arch: ArchParams, space, table: SizeTable, budget_bytes: float,
+                                  source: Optional[Dict[str, Any]] = None):
+    """The most probable architecture that fits the budget -> ``search_spaces.genotype.Genotype``.
+
+    Maximises ``sum over layers of log p(bits) + log p(dim)`` under the architecture distribution subject
+    to ``size <= budget_bytes`` (sizes from ``table``, i.e. the cost model): a multiple-choice knapsack,
+    solved exactly by :func:`sensitivity.allocate.knapsack` with cost ``-log p``. When the plain argmax
+    fits it is among the candidates, so the result is the argmax unless that is over budget; unlike the
+    argmax, it also uses the budget when the search's distribution is spread (argmax far below target).
+    """
+    import math
+
+    from sensitivity.allocate import knapsack
+
+    probs = arch.probs()
+    cost: Dict[str, Dict[int, float]] = {}
+    sizes: Dict[str, Dict[int, float]] = {}
+    keys: Dict[int, Tuple[int, Optional[int]]] = {}
+    for l, (pb, pd), t in zip(arch.layers, probs, table.tables):
+        cost[l.name], sizes[l.name] = {}, {}
+        for i, b in enumerate(l.bits):
+            for j, d in enumerate(l.dims):
+                key = int(b) * 100000 + (0 if d is None else int(d))
+                keys[key] = (int(b), d)
+                cost[l.name][key] = -(math.log(max(float(pb[i]), 1e-30)) + math.log(max(float(pd[j]), 1e-30)))
+                sizes[l.name][key] = float(t[i, j])
+    alloc = knapsack(cost, sizes, float(budget_bytes) - table.const_bytes)
+    choices = [keys[alloc.bits[l.name]] for l in arch.layers]
+    src = dict(source or {})
+    src.update({"derivation": "max-probability within budget", "budget_bytes": float(budget_bytes),
+                "argmax_bytes": table.size(arch.argmax_choices())})
+    from search_spaces.genotype import Genotype
+
+    bits = {l.name: b for l, (b, d) in zip(arch.layers, choices)}
+    dims = {l.name: int(d) for l, (b, d) in zip(arch.layers, choices) if d is not None}
+    return Genotype.from_choices(space, bits, dims, src)
