@@ -131,7 +131,8 @@ def derive_genotype_within_budget(arch: ArchParams, space, table: SizeTable, bud
 
     from sensitivity.allocate import knapsack
 
-    probs = arch.probs()
+    with torch.no_grad():
+        probs = [(pb.detach().cpu(), pd.detach().cpu()) for pb, pd in arch.probs()]
     cost: Dict[str, Dict[int, float]] = {}
     sizes: Dict[str, Dict[int, float]] = {}
     keys: Dict[int, Tuple[int, Optional[int]]] = {}
