@@ -130,9 +130,17 @@ class Runner:
         if s["kind"] in ("fp32", "uniform") or g.is_file():
             return g if g.is_file() else None
         if s["kind"] in ("kl", "hessian"):
-            run([PY, "mixed_precision.py", "--method", s["kind"], "--model", str(self.fp32_model()),
-                 "--data-dir", self.data_dir, "--space", self.space, "--budget-bytes", str(self.budget_bytes(s)),
-                 "--out", str(g), "--device", self.device], d / "log.txt")
+            cmd = [PY, "mixed_precision.py", "--model", str(self.fp32_model()), "--data-dir", self.data_dir,
+                   "--space", self.space, "--budget-bytes", str(self.budget_bytes(s)), "--out", str(g),
+                   "--device", self.device]
+            reuse = self.measured_sensitivity(s["kind"])
+            if reuse is not None:  # same fp32 model, same measure: only the allocation differs
+                cmd += ["--sensitivity-in", str(reuse)]
+            else:
+                cmd += ["--method", s["kind"]]
+                if s["kind"] == "hessian" and self.retrain_config:
+                    cmd += ["--config", self.retrain_config]  # the LF-MMI settings the model was trained with
+            run(cmd + [str(a) for a in s.get("sensitivity_args", [])], d / "log.txt")
         else:
             sd = d / "search"
             cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(sd),
@@ -148,6 +156,15 @@ class Runner:
             run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt")
             g.write_text((sd / "genotype.json").read_text())
         return g
+
+    def measured_sensitivity(self, kind: str) -> Optional[Path]:
+        """A sensitivity JSON already measured for ``kind`` by another system of this experiment."""
+        for o in self.cfg["systems"]:
+            if o["kind"] == kind:
+                f = self.sys_dir(o["name"]) / "genotype_in.sensitivity.json"
+                if f.is_file():
+                    return f
+        return None
 
     def retrain(self, s, genotype: Optional[Path]) -> None:
         d = self.sys_dir(s["name"])
