@@ -208,7 +208,7 @@ class Runner:
         geno = json.load(open(d / "genotype.json"))
         bits = [l["bits"] for l in geno["layers"]]
         dims = [l["bottleneck"] for l in geno["layers"] if l.get("bottleneck")]
-        r = {"system": s["name"], "kind": s["kind"], "bits": "/".join(str(b) for b in bits),
+        r = {"system": s["name"], "kind": s["kind"], "group": s.get("group", s["kind"]), "bits": "/".join(str(b) for b in bits),
              "mean_bits": sum(bits) / len(bits), "bottlenecks": "/".join(str(x) for x in dims),
              "bytes": size["file_bytes"], "payload_bytes": size["payload_bytes"],
              "ratio": size["fp32_bytes"] / size["payload_bytes"]}
@@ -272,11 +272,15 @@ class Runner:
             log.warning("matplotlib not installed: no plot")
             return
         fig, ax = plt.subplots(figsize=(6, 4))
-        for kind in KINDS:
-            pts = sorted((r["bytes"], r[f"wer_{split}"], r["system"]) for r in rows if r["kind"] == kind)
-            if pts:
-                ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "o-", label=kind)
+        groups = list(dict.fromkeys(r["group"] for r in rows))
+        for grp in groups:
+            pts = sorted((r["bytes"], r[f"wer_{split}"], r["system"]) for r in rows if r["group"] == grp)
+            ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "o-", label=grp)
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("model size on disk (MB)")
         ax.set_ylabel(f"{split} WER (%)")
         ax.grid(True, alpha=0.3)
@@ -292,6 +296,16 @@ class Runner:
         except Exception as e:  # pragma: no cover
             log.warning("TensorBoard figure not written: %s", e)
         plt.close(fig)
+
+    def table_only(self) -> List[Dict[str, Any]]:
+        """Write the table from the systems already finished; run nothing."""
+        rows = [self.row(s) for s in self.cfg["systems"] if self.finished(s)]
+        missing = [s["name"] for s in self.cfg["systems"] if not self.finished(s)]
+        if missing:
+            log.info("not finished (left out of the table): %s", missing)
+        if rows:
+            self.write_table(rows)
+        return rows
 
     def run_all(self, only: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         systems = self.cfg["systems"]
@@ -354,6 +368,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
     p.add_argument("--only", default=None, help="comma-separated systems to run, in this order")
+    p.add_argument("--table-only", action="store_true", help="only write the table of finished systems")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(args.config)
@@ -361,8 +376,11 @@ def main(argv=None) -> int:
         cfg["data_dir"] = args.data_dir
     out = Path(args.out or cfg.get("out") or f"exp/{Path(args.config).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    Runner(cfg, out, args.device or cfg.get("device", "cpu")).run_all(
-        args.only.split(",") if args.only else None)
+    runner = Runner(cfg, out, args.device or cfg.get("device", "cpu"))
+    if args.table_only:
+        runner.table_only()
+    else:
+        runner.run_all(args.only.split(",") if args.only else None)
     log.info("results: %s", out / "results.md")
     return 0
 
