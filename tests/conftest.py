@@ -16,7 +16,9 @@ if str(ROOT) not in sys.path:
 def run_cli(args, cwd=ROOT, env=None, timeout=900):
     """Run a top-level CLI of this repository with the current interpreter; fail with its output."""
     e = dict(os.environ)
-    e.setdefault("OMP_NUM_THREADS", "1")
+    # one thread: kill-and-resume tests compare parameters bit for bit, and the float summation order
+    # (hence the last bits) depends on the thread count
+    e["OMP_NUM_THREADS"] = "1"
     e.update(env or {})
     r = subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=e, capture_output=True,
                        text=True, timeout=timeout)
