@@ -17,13 +17,10 @@ import argparse
 import json
 import logging
 import os
-import random
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.loop import TrainHook, TrainOptions, Trainer
 
@@ -75,12 +72,6 @@ def load_config(path):
     from training.experiment import load_sections
 
     return load_sections(path, ("train", "lfmmi", "quant"))
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def init_from(model, path):
@@ -135,9 +126,8 @@ def main(argv=None):
     from quant.cost_model import fp32_bytes, model_size
     from quant.packing import export_packed
     from search_spaces.genotype import Genotype
-    from search_spaces.space import load_search_space
     from training import distributed
-    from training.experiment import load_corpus, make_batches, make_lfmmi
+    from training.experiment import make_batches, make_lfmmi, start_run
     from training.model_io import cmvn_metadata, save_model_file
 
     cfg = load_config(args.config)
@@ -151,14 +141,7 @@ def main(argv=None):
     qcfg = dict(cfg.get("quant") or {})
     trainer_kind = args.quant_trainer or qcfg.get("trainer", "ste")
 
-    dinfo = distributed.setup(args.device)
-    device = distributed.local_device(args.device, dinfo)
-    seed_everything(topts.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    corpus = load_corpus(args.data_dir)
-    space = load_search_space(args.space, num_pdfs=corpus.num_pdfs)
+    dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
     if args.genotype:
         geno = Genotype.load(args.genotype, space)
     elif args.uniform_bits is not None:

@@ -127,11 +127,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from nas import Architect, SizePenalty, TemperatureSchedule
     from quant.cost_model import fp32_bytes
-    from retrain import init_from, seed_everything
-    from search_spaces.space import load_search_space
+    from retrain import init_from
     from supernet.network import SuperNet
     from training import distributed
-    from training.experiment import load_corpus, make_batches, make_lfmmi, split_train
+    from training.experiment import make_batches, make_lfmmi, start_run, split_train
 
     cfg = load_config(args.config)
     topts = TrainOptions.from_dict(cfg.get("train"))
@@ -141,14 +140,7 @@ def main(argv=None):
     for k in ("seed", "epochs", "max_steps"):
         if getattr(args, k) is not None:
             setattr(topts, k, getattr(args, k))
-    dinfo = distributed.setup(args.device)
-    device = distributed.local_device(args.device, dinfo)
-    seed_everything(topts.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    corpus = load_corpus(args.data_dir)
-    space = load_search_space(args.space, num_pdfs=corpus.num_pdfs)
+    dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
     search_space = restrict_bottlenecks(space) if args.no_bottleneck_search else space
     net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
                               hard=bool(sopts["hard"]))

@@ -47,6 +47,31 @@ def load_sections(path, allowed) -> Dict[str, Any]:
     return cfg
 
 
+def start_run(device: str, seed: int, out_dir, data_dir, space_name):
+    """Common start of a training CLI: join torchrun's group if any, pick the device, seed every RNG,
+    create ``out_dir``, load the corpus and the search space sized to its pdfs.
+
+    Returns ``(dist_info, torch_device, out_path, corpus, space)``."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from search_spaces.space import load_search_space
+    from training import distributed
+
+    dinfo = distributed.setup(device)
+    dev = distributed.local_device(device, dinfo)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(data_dir)
+    space = load_search_space(space_name, num_pdfs=corpus.num_pdfs)
+    return dinfo, dev, out, corpus, space
+
+
 def load_corpus(data_dir) -> Corpus:
     from lang.lexicon import Lexicon
 
