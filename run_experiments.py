@@ -339,6 +339,9 @@ class Runner:
                     lock.release()
             rows.append(self.row(s))
             self.write_table(rows)
+        if rows:  # once more with every row fresh: rows written early lacked the later reference's tests
+            rows = [self.row(s) for s in order if self.finished(s)]
+            self.write_table(rows)
         if busy:
             log.info("not in the table yet (run by another runner): %s; rerun to complete it", busy)
         return rows
