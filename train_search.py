@@ -29,7 +29,7 @@ from training.loop import TrainOptions, Trainer
 log = logging.getLogger("train_search")
 
 SEARCH_DEFAULTS = {
-    "mode": "bilevel", "held_out_fraction": 0.1, "warmup_epochs": 1.0, "arch_lr": 0.01, "arch_every": 1,
+    "mode": "bilevel", "held_out_fraction": 0.1, "warmup_epochs": 1.0, "arch_lr": 0.01,
     "tau_start": 5.0, "tau_end": 0.5, "tau_schedule": "exponential", "hard": False, "penalty": "hinge",
     "penalty_weight": 2.0, "init": "uniform", "log_every": 10, "derivation": "budget",
 }

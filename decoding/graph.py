@@ -248,22 +248,26 @@ def _remove_input_labels_above(fst, max_label: int, num_extra: int):
     return kaldifst.compose(r, fst)
 
 
+def _compose_determinize_minimize(a, b, name: str):
+    """arcsort(a, olabel) o b, determinised (log semiring) and minimised; ``name`` labels the error."""
+    import kaldifst
+
+    kaldifst.arcsort(a, sort_type="olabel")
+    c = kaldifst.compose(a, b)
+    if kaldifst.determinize_star(c, use_log=True):  # returns False on success
+        raise RuntimeError(f"{name} determinisation stopped early")
+    kaldifst.minimize_encoded(c)
+    return c
+
+
 def compose_hclg(H, L, G, num_pdfs: int, num_disambig: int, stats: Optional[dict] = None):
     import kaldifst
 
     t0 = time.time()
-    kaldifst.arcsort(L, sort_type="olabel")
-    LG = kaldifst.compose(L, G)
-    if kaldifst.determinize_star(LG, use_log=True):
-        raise RuntimeError("LG determinisation stopped early")
-    kaldifst.minimize_encoded(LG)
+    LG = _compose_determinize_minimize(L, G, "LG")
     kaldifst.arcsort(LG, sort_type="ilabel")
     t1 = time.time()
-    kaldifst.arcsort(H, sort_type="olabel")
-    HLG = kaldifst.compose(H, LG)
-    if kaldifst.determinize_star(HLG, use_log=True):
-        raise RuntimeError("HCLG determinisation stopped early")
-    kaldifst.minimize_encoded(HLG)
+    HLG = _compose_determinize_minimize(H, LG, "HCLG")
     HCLG = _remove_input_labels_above(HLG, num_pdfs, num_disambig)
     kaldifst.arcsort(HCLG, sort_type="ilabel")
     if stats is not None:
