@@ -31,7 +31,7 @@ def parse_args(argv=None):
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", help="output directory (default exp/decode_<split>)")
     ap.add_argument("--lexicon", help="lexicon.txt (default DATA_DIR/lang/lexicon.txt)")
-    ap.add_argument("--lm-text", help="LM training text (default DATA_DIR/lm_train_text.txt)")
+    ap.add_argument("--lm-text", help="LM training text (default DATA_DIR/lm_text.txt, else DATA_DIR/lm_train_text.txt)")
     ap.add_argument("--arpa", help="use this ARPA LM instead of estimating one")
     ap.add_argument("--lm-order", type=int, default=3)
     ap.add_argument("--lm-method", choices=["kn", "wb"], default="kn")
@@ -82,10 +82,10 @@ def load_lexicon(args):
 
 
 def build_graph(args, lexicon):
-    from decoding.graph import extend_lexicon, get_graph
+    from decoding.graph import default_lm_text, extend_lexicon, get_graph
     from decoding.lm import read_sentences
 
-    lm_text = args.lm_text or os.path.join(args.data_dir, "lm_train_text.txt")
+    lm_text = args.lm_text or default_lm_text(args.data_dir)
     if args.extend_lexicon and not args.arpa:
         vocab = {w for s in read_sentences(lm_text) for w in s}
         lexicon, added, skipped = extend_lexicon(lexicon, vocab)

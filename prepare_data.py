@@ -25,7 +25,7 @@ from pathlib import Path
 logger = logging.getLogger("prepare_data")
 
 _OUTPUTS = ("audio", "feats", "lang", "cuts_train.jsonl.gz", "cuts_dev.jsonl.gz", "cuts_test.jsonl.gz",
-            "lm_train_text.txt", "cmvn.json", "summary.json")
+            "lm_train_text.txt", "lm_text.txt", "cmvn.json", "summary.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lexicon", default="cmudict",
                    help="'cmudict' (default), 'swbd' (sw-ms98-dict.text of the Switchboard transcripts) or "
                         "the path of a Kaldi lexicon.txt")
+    p.add_argument("--lm-extra-text", type=Path,
+                   help="more LM text for decoding, one sentence a line (e.g. Fisher transcripts for "
+                        "Switchboard), normalised like the corpus transcripts; joins lm_text.txt")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared directory")
     p.add_argument("--resume", action="store_true",
@@ -94,6 +97,17 @@ def load_lexicon(args: argparse.Namespace):
     return Lexicon.load(path), str(path)
 
 
+def read_lm_extra_text(path: Path, corpus: str):
+    """Sentences of ``path`` normalised as the corpus normalises its transcripts (empty lines dropped)."""
+    from corpus.importers import normalise_swbd, normalise_transcript
+
+    if not path.is_file():
+        raise FileNotFoundError("--lm-extra-text %s not found" % path)
+    norm = normalise_swbd if corpus == "switchboard" else normalise_transcript
+    with open(path, encoding="utf-8") as f:
+        return [t for t in (norm(line) for line in f) if t]
+
+
 def run(args: argparse.Namespace) -> dict:
     from corpus.prepare import PrepareOptions, prepare_dir
     from corpus.validate import SkipLog
@@ -105,6 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     rate = args.sample_rate or (8000 if args.corpus == "switchboard" else 16000)
     log = SkipLog()
     extra = {"corpus": args.corpus, "seed": args.seed, "sample_rate": rate}
+    lm_extra = []
     if args.corpus == "synth":
         from corpus.synth import build_audio
 
@@ -112,6 +127,7 @@ def run(args: argparse.Namespace) -> dict:
         splits, info = build_audio(args.size, out, args.seed, rate, args.jobs, progress=not args.quiet,
                                     resume=args.resume)
         extra["synthesis_s"] = info["synthesis_s"]
+        lm_extra = list(info["lm_extra_text"])
         extra["text_source"] = "Debian fortunes + fortunes-min (/usr/share/games/fortunes)"
     elif args.corpus == "switchboard":
         from corpus.importers import import_switchboard
@@ -126,13 +142,15 @@ def run(args: argparse.Namespace) -> dict:
             raise SystemExit("--corpus kaldi needs --data-dir")
         splits = import_kaldi(args.data_dir, rate, log, args.seed, args.dev_dir, args.test_dir)
     lexicon, extra["lexicon_source"] = load_lexicon(args)
+    if args.lm_extra_text:
+        lm_extra += read_lm_extra_text(args.lm_extra_text, args.corpus)
     opts = PrepareOptions(
         sample_rate=rate, num_mel_bins=args.num_mel_bins,
         speed_perturb=() if args.no_speed_perturb else (0.9, 1.1),
         min_duration=args.min_duration, oov=args.oov, on_bad=args.on_bad, num_jobs=args.jobs,
         progress=not args.quiet,
     )
-    return prepare_dir(splits, lexicon, out, opts, log, extra, t_start=t0)
+    return prepare_dir(splits, lexicon, out, opts, log, extra, t_start=t0, lm_extra_text=lm_extra)
 
 
 def main(argv=None) -> int:

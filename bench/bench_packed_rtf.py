@@ -59,14 +59,14 @@ def main():
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    from decoding.graph import get_graph
+    from decoding.graph import default_lm_text, get_graph
     from lang.lexicon import Lexicon
     from training.data import load_cuts
 
     cuts = load_cuts(args.data_dir, args.split).subset(first=args.num_cuts).to_eager()
     audio = sum(c.duration for c in cuts)
     lex = Lexicon.load(os.path.join(args.data_dir, "lang", "lexicon.txt"))
-    graph = get_graph(lex, args.graph_cache, lm_text=os.path.join(args.data_dir, "lm_train_text.txt"))
+    graph = get_graph(lex, args.graph_cache, lm_text=default_lm_text(args.data_dir))
     res = {}
     for name, path in (("fp32", args.fp32), ("packed", args.packed)):
         res[name] = measure(path, cuts, graph, args.repeats, args.device)

@@ -2,8 +2,9 @@
 
 Input: ``{"train": CutSet, "dev": CutSet, "test": CutSet}`` (one supervision per cut, normalised text)
 and a lexicon that covers the words.  Output (docs/INTERFACES.md): ``cuts_<split>.jsonl.gz`` with
-features, ``feats/``, ``lang/lexicon.txt``, ``lang/phones.txt``, ``lm_train_text.txt``, ``cmvn.json``,
-``summary.json``.  Manifests are written with a fixed gzip header (mtime 0) so equal inputs give
+features, ``feats/``, ``lang/lexicon.txt``, ``lang/phones.txt``, ``lm_train_text.txt`` (the training
+transcripts: the phone LM of the den graph), ``lm_text.txt`` (the decoding LM's text: the training
+transcripts plus any extra LM sentences), ``cmvn.json``, ``summary.json``.  Manifests are written with a fixed gzip header (mtime 0) so equal inputs give
 byte-identical files.
 """
 from __future__ import annotations
@@ -57,6 +58,26 @@ def split_stats(cuts) -> Dict[str, object]:
     }
 
 
+def _filter_lm_extra(sentences: Sequence[str], featured: Dict[str, object], lexicon: Lexicon):
+    """Extra LM sentences that are neither a dev/test transcript nor outside the lexicon, and counts."""
+    held = {c.supervisions[0].text for name in ("dev", "test") for c in featured[name]}
+    kept, heldout, oov = [], 0, 0
+    for s in sentences:
+        s = " ".join(s.split())
+        if not s:
+            continue
+        if s in held:
+            heldout += 1
+        elif not all(w in lexicon for w in s.split()):
+            oov += 1
+        else:
+            kept.append(s)
+    if heldout or oov:
+        logger.info("extra LM text: kept %d sentences, dropped %d equal to a dev/test transcript and %d "
+                    "with words outside the lexicon", len(kept), heldout, oov)
+    return kept, {"extra_sentences": len(kept), "extra_dropped_heldout": heldout, "extra_dropped_oov": oov}
+
+
 def prepare_dir(
     splits: Dict[str, object],
     lexicon: Lexicon,
@@ -65,8 +86,14 @@ def prepare_dir(
     log: Optional[SkipLog] = None,
     extra_summary: Optional[Dict[str, object]] = None,
     t_start: Optional[float] = None,
+    lm_extra_text: Sequence[str] = (),
 ) -> Dict[str, object]:
-    """Validate, featurise and write everything; returns the summary dict (also in summary.json)."""
+    """Validate, featurise and write everything; returns the summary dict (also in summary.json).
+
+    ``lm_extra_text``: normalised sentences added to the decoding LM's text (``lm_text.txt``); a
+    sentence equal to a dev or test transcript, or with a word the lexicon lacks, is dropped (counted
+    in summary.json under ``lm_text``).
+    """
     from lhotse import CutSet
 
     t0 = time.time() if t_start is None else t_start
@@ -117,12 +144,19 @@ def prepare_dir(
     for name in SPLITS:
         write_cuts(featured[name], out_dir / ("cuts_%s.jsonl.gz" % name))
     save_cmvn(cmvn, out_dir / "cmvn.json")
-    words = {w for name in SPLITS for c in featured[name] for w in c.supervisions[0].text.split()}
-    lexicon.subset(words).save(out_dir / "lang" / "lexicon.txt")
     train_orig = [c for c in featured["train"] if c.id in is_orig]
+    train_text = [c.supervisions[0].text for c in train_orig]
+    extra, lm_stats = _filter_lm_extra(lm_extra_text, featured, lexicon)
+    words = {w for name in SPLITS for c in featured[name] for w in c.supervisions[0].text.split()}
+    words |= {w for s in extra for w in s.split()}
+    lexicon.subset(words).save(out_dir / "lang" / "lexicon.txt")
     with open(out_dir / "lm_train_text.txt", "w", encoding="utf-8") as f:
-        for c in train_orig:
-            f.write(c.supervisions[0].text + "\n")
+        f.writelines(t + "\n" for t in train_text)
+    with open(out_dir / "lm_text.txt", "w", encoding="utf-8") as f:
+        f.writelines(t + "\n" for t in train_text + extra)
+    lm_stats.update({"sentences": len(train_text) + len(extra),
+                     "words": sum(len(t.split()) for t in train_text + extra),
+                     "vocabulary": len({w for t in train_text + extra for w in t.split()})})
 
     summary: Dict[str, object] = {}
     if extra_summary:
@@ -140,6 +174,12 @@ def prepare_dir(
         toks = [w for c in featured[name] for w in c.supervisions[0].text.split()]
         summary["splits"][name]["oov_rate_vs_train_vocab"] = round(
             sum(w not in train_words for w in toks) / max(1, len(toks)), 4)
+    for name in ("dev", "test"):
+        lm_vocab = {w for t in train_text + extra for w in t.split()}
+        toks = [w for c in featured[name] for w in c.supervisions[0].text.split()]
+        summary["splits"][name]["oov_rate_vs_lm_text"] = round(
+            sum(w not in lm_vocab for w in toks) / max(1, len(toks)), 4)
+    summary["lm_text"] = lm_stats
     summary["lexicon_words"] = len(words)
     summary["phones"] = len(lexicon.subset(words).phones)
     summary["features"] = {"type": "fbank", "num_mel_bins": opts.num_mel_bins, "frame_shift": 0.01,

@@ -8,6 +8,9 @@
 * Augmentation: half of the training utterances get additive noise (white, pink or brown) at an SNR
   from {5, 10, 15, 20} dB, drawn from a numpy generator seeded by (seed, utterance id); speed
   perturbation 0.9/1.1 is added later on the cuts (corpus.prepare).
+* LM text: besides the training transcripts, the decoding LM may use up to ``SizeSpec.lm_extra`` more
+  sentences of the text source that are in no split (never a dev or test sentence), the way a
+  Switchboard system's LM also reads Fisher transcripts; the acoustic model never sees them.
 * Synthesis runs in 2 processes over chunks of utterances (one festival process per chunk).
 Same seed -> byte-identical audio and manifests.
 """
@@ -36,12 +39,13 @@ class SizeSpec:
     train: int
     dev: int
     test: int
+    lm_extra: int = 0  # at most this many unused text-source sentences join the decoding LM's text
 
 
 SIZES: Dict[str, SizeSpec] = {
-    "tiny": SizeSpec(train=24, dev=8, test=8),
-    "demo": SizeSpec(train=1150, dev=150, test=150),
-    "full": SizeSpec(train=11200, dev=400, test=400),
+    "tiny": SizeSpec(train=24, dev=8, test=8, lm_extra=200),
+    "demo": SizeSpec(train=1150, dev=150, test=150, lm_extra=100000),
+    "full": SizeSpec(train=11200, dev=400, test=400, lm_extra=100000),
 }
 NOISE_FRACTION = 0.5
 NOISE_SNRS = (5.0, 10.0, 15.0, 20.0)
@@ -50,7 +54,7 @@ CHUNK = 40
 
 
 def split_sentences(sentences: Sequence[str], size: SizeSpec, seed: int) -> Dict[str, List[str]]:
-    """Disjoint train/dev/test sentence lists (see module docstring)."""
+    """Disjoint train/dev/test sentence lists, and ``lm_extra``: sentences in none of them (module docstring)."""
     need = size.train + size.dev + size.test
     if len(sentences) < need:
         raise ValueError("text source has %d usable sentences, size needs %d" % (len(sentences), need))
@@ -70,7 +74,9 @@ def split_sentences(sentences: Sequence[str], size: SizeSpec, seed: int) -> Dict
     if len(dev) < size.dev or len(test) < size.test:
         extra = held[len(dev) + len(test):]
         dev += extra[: size.dev - len(dev)]
-    return {"train": train, "dev": dev, "test": test}
+    held_set = set(dev) | set(test)
+    lm_extra = [s for s in rest if s not in held_set][: size.lm_extra]
+    return {"train": train, "dev": dev, "test": test, "lm_extra": lm_extra}
 
 
 def _utt_rng(seed: int, utt_id: str) -> np.random.Generator:
@@ -121,8 +127,8 @@ def _run_job(job: Job) -> int:
     return len(job.items)
 
 
-def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str, Tuple[str, float]]]:
-    """Sentences, speakers and noise for every utterance (no audio yet)."""
+def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str, Tuple[str, float]], List[str]]:
+    """Sentences, speakers and noise for every utterance (no audio yet), and the extra LM sentences."""
     from lang.lexicon import cmudict_prons
 
     cmu = cmudict_prons()
@@ -143,12 +149,13 @@ def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str
             if split == "train" and rng.random() < NOISE_FRACTION:
                 noise[utt] = (NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))], float(NOISE_SNRS[int(rng.integers(len(NOISE_SNRS)))]))
         items[split] = lst
-    return items, noise
+    return items, noise, by_split["lm_extra"]
 
 
 def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 16000, num_jobs: int = 2,
                 progress: bool = True, resume: bool = False):
-    """Synthesise the corpus audio under ``out_dir/audio`` and return ``{split: CutSet}`` (no features).
+    """Synthesise the corpus audio under ``out_dir/audio``; return ``{split: CutSet}`` (no features) and an
+    info dict (``synthesis_s``, ``lm_extra_text``: the extra LM sentences).
 
     With ``resume``, chunks whose audio files all exist already are not synthesised again (files are
     written atomically, so an interrupted build leaves no half-written audio).
@@ -158,7 +165,7 @@ def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 1600
 
     tts.check_engines()
     out_dir = Path(out_dir).resolve()
-    items, noise = plan(size, seed)
+    items, noise, lm_extra = plan(size, seed)
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs: List[Job] = []
@@ -204,4 +211,4 @@ def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 1600
             cuts.append(MonoCut(id=it.utt_id, start=0.0, duration=rec.duration, channel=0,
                                 recording=rec, supervisions=[sup]))
         splits[split] = CutSet.from_cuts(cuts)
-    return splits, {"synthesis_s": round(time.time() - t, 2)}
+    return splits, {"synthesis_s": round(time.time() - t, 2), "lm_extra_text": lm_extra}

@@ -38,6 +38,19 @@ SILENCE_PHONE = "SIL"
 
 
 # ----------------------------------------------------------------------------- lexicon protocol
+LM_TEXT_FILES = ("lm_text.txt", "lm_train_text.txt")
+
+
+def default_lm_text(data_dir: Union[str, Path]) -> str:
+    """The decoding LM's text in a prepared corpus dir: ``lm_text.txt`` (training transcripts plus extra
+    LM text), or ``lm_train_text.txt`` in directories prepared before ``lm_text.txt`` existed."""
+    for name in LM_TEXT_FILES:
+        path = os.path.join(str(data_dir), name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError("%s has neither %s" % (data_dir, " nor ".join(LM_TEXT_FILES)))
+
+
 def lexicon_words(lexicon) -> List[str]:
     words = getattr(lexicon, "words", None)
     if words is None:

@@ -73,6 +73,29 @@ def test_kaldi_dir_clean(tmp_path):
     assert c.supervisions[0].text == c.supervisions[0].text.upper()
     assert c.load_features().shape[1] == 40
     assert (out / "lang" / "lexicon.txt").is_file() and (out / "cmvn.json").is_file()
+    # no extra LM text: the decoding LM reads the training transcripts only
+    assert (out / "lm_text.txt").read_text() == (out / "lm_train_text.txt").read_text()
+
+
+def test_kaldi_dir_extra_lm_text(tmp_path):
+    d = make_kaldi_dir(tmp_path)
+    out = tmp_path / "out"
+    assert _prepare("--corpus", "kaldi", "--data-dir", str(d), "--out", str(out)) == 0
+    dev_text = next(iter(_cuts(out, "dev"))).supervisions[0].text
+    extra = tmp_path / "extra.txt"
+    extra.write_text("the dog sat on 2 mats\n\n%s\nHELLO QWXZPT WORLD\n" % dev_text.lower())
+    assert _prepare("--corpus", "kaldi", "--data-dir", str(d), "--out", str(out), "--overwrite",
+                    "--lm-extra-text", str(extra)) == 0
+    train = (out / "lm_train_text.txt").read_text().splitlines()
+    lm = (out / "lm_text.txt").read_text().splitlines()
+    # normalised like the transcripts; a dev sentence and an out-of-lexicon sentence are dropped, counted
+    assert lm == train + ["THE DOG SAT ON TWO MATS"]
+    s = _summary(out)["lm_text"]
+    assert (s["extra_sentences"], s["extra_dropped_heldout"], s["extra_dropped_oov"]) == (1, 1, 1)
+    lex = Lexicon.load(out / "lang" / "lexicon.txt")
+    assert "DOG" in lex and "MATS" in lex
+    assert _prepare("--corpus", "kaldi", "--data-dir", str(d), "--out", str(out), "--overwrite",
+                    "--lm-extra-text", str(tmp_path / "missing.txt")) == 2
 
 
 def test_kaldi_dir_with_segments(tmp_path):

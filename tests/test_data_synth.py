@@ -46,7 +46,7 @@ def _digest(d: Path) -> dict:
 
 def test_layout_and_features(tiny):
     for name in ("cuts_train.jsonl.gz", "cuts_dev.jsonl.gz", "cuts_test.jsonl.gz", "lang/lexicon.txt",
-                 "lang/phones.txt", "lm_train_text.txt", "cmvn.json", "summary.json"):
+                 "lang/phones.txt", "lm_train_text.txt", "lm_text.txt", "cmvn.json", "summary.json"):
         assert (tiny / name).is_file(), name
     train = _cuts(tiny, "train")
     ids = [c.id for c in train]
@@ -66,6 +66,19 @@ def test_layout_and_features(tiny):
     assert summary["skipped_total"] == 0 and "total_s" in summary["build_time"]
     lm = (tiny / "lm_train_text.txt").read_text().splitlines()
     assert sorted(lm) == sorted(c.supervisions[0].text for c in train if "_sp" not in c.id)
+
+
+def test_lm_text_extends_training_text_without_held_out_sentences(tiny):
+    lm = (tiny / "lm_train_text.txt").read_text().splitlines()
+    full = (tiny / "lm_text.txt").read_text().splitlines()
+    assert full[: len(lm)] == lm and len(full) == len(lm) + SIZES["tiny"].lm_extra
+    held = {c.supervisions[0].text for s in ("dev", "test") for c in _cuts(tiny, s)}
+    assert not held & set(full)
+    lex = Lexicon.load(tiny / "lang" / "lexicon.txt")
+    lex.check(w for s in full for w in s.split())  # the lexicon covers the LM text
+    summary = json.loads((tiny / "summary.json").read_text())
+    assert summary["lm_text"]["sentences"] == len(full)
+    assert summary["lm_text"]["extra_sentences"] == SIZES["tiny"].lm_extra
 
 
 def test_speaker_and_sentence_disjoint(tiny):
@@ -99,7 +112,7 @@ def test_deterministic_same_seed(tiny, tmp_path):
 
 
 def test_plan_demo_sizes_disjoint():
-    items, noise = plan("demo", seed=0)
+    items, noise, lm_extra = plan("demo", seed=0)
     assert [len(items[s]) for s in ("train", "dev", "test")] == [SIZES["demo"].train, SIZES["demo"].dev, SIZES["demo"].test]
     spk = {s: {it.speaker.id for it in items[s]} for s in items}
     assert not spk["train"] & (spk["dev"] | spk["test"]) and not spk["dev"] & spk["test"]
@@ -110,6 +123,8 @@ def test_plan_demo_sizes_disjoint():
     assert len({w for t in txt["train"] for w in t.split()}) >= 2000
     assert 0.3 < len(noise) / len(items["train"]) < 0.7 and all(k in txt or True for k in noise)
     assert len(tts.speakers_for_split("test")) == len(tts.BASE_VOICES)
+    assert len(lm_extra) > 5 * len(items["train"])  # the decoding LM reads more text than the transcripts
+    assert not set(lm_extra) & (txt["train"] | txt["dev"] | txt["test"])
 
 
 def test_split_sentences_seeded():
@@ -120,6 +135,10 @@ def test_split_sentences_seeded():
     assert a == split_sentences(sents, SizeSpec(50, 10, 10), seed=1)
     assert a != split_sentences(sents, SizeSpec(50, 10, 10), seed=2)
     assert len(set(a["train"]) | set(a["dev"]) | set(a["test"])) == 70
+    assert a["lm_extra"] == []  # lm_extra defaults to 0
+    b = split_sentences(sents, SizeSpec(50, 10, 10, lm_extra=100), seed=1)
+    assert {k: b[k] for k in ("train", "dev", "test")} == {k: a[k] for k in ("train", "dev", "test")}
+    assert len(b["lm_extra"]) == 30 and not set(b["lm_extra"]) & set(b["train"] + b["dev"] + b["test"])
 
 
 def test_telephone_rate(tmp_path):
