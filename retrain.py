@@ -75,27 +75,15 @@ def load_config(path):
 
 
 def init_from(model, path):
-    """Copy weights from a float model file; leading blocks where a bottleneck is smaller."""
+    """Copy weights from a float model file; a smaller bottleneck keeps the first units
+    (``models.tdnnf.copy_weights_to_bottlenecks``)."""
+    from models.tdnnf import copy_weights_to_bottlenecks
     from training.model_io import load_model_file
 
-    src = load_model_file(path).state_dict()
-    dst = model.state_dict()
-    copied, sliced = 0, 0
-    for k, v in dst.items():
-        if k.startswith("arch."):  # a supernet's architecture logits are not model weights
-            continue
-        if k not in src:
-            raise RuntimeError(f"--init-from {path}: missing tensor {k} (another architecture?)")
-        s = src[k]
-        if s.shape == v.shape:
-            v.copy_(s)
-            copied += 1
-        elif s.dim() == v.dim() and all(a >= b for a, b in zip(s.shape, v.shape)):
-            v.copy_(s[tuple(slice(0, n) for n in v.shape)])
-            sliced += 1
-        else:
-            raise RuntimeError(f"--init-from {path}: tensor {k} has shape {tuple(s.shape)}, "
-                               f"this network needs {tuple(v.shape)}")
+    try:
+        copied, sliced = copy_weights_to_bottlenecks(model, load_model_file(path).state_dict())
+    except (KeyError, ValueError) as e:
+        raise RuntimeError(f"--init-from {path}: {e.args[0]}") from None
     log.info("initialised from %s (%d tensors copied, %d sliced to smaller bottlenecks)", path, copied, sliced)
 
 

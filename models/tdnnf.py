@@ -712,6 +712,47 @@ class TDNNF(nn.Module):
         return x[:, :, start::f], t0 + start
 
 
+def copy_weights_to_bottlenecks(dst: TDNNF, src: Dict[str, torch.Tensor], skip_prefixes: Sequence[str] = ("arch.",)
+                                ) -> Tuple[int, int]:
+    """Copy the state ``src`` of a TDNN-F with bottlenecks >= ``dst``'s into ``dst``; returns (copied, sliced).
+
+    A TDNN-F layer whose bottleneck shrinks from r to d keeps its first d bottleneck units: rows [0, d) of
+    ``tdnnfs.i.linear`` (d, k*Din), and columns [0, d) of *each* of the k time-offset blocks of
+    ``tdnnfs.i.affine`` (D, k*r), k = 2 for a time stride > 0 else 1 -- the same network as the source
+    with units d..r-1 of that bottleneck switched off. Every other tensor must match in shape.
+    Keys starting with ``skip_prefixes`` (a supernet's architecture logits) are ignored.
+    """
+    strides = dst.cfg.time_strides
+    copied = sliced = 0
+    with torch.no_grad():
+        for key, t in dst.state_dict().items():
+            if any(key.startswith(p) for p in skip_prefixes):
+                continue
+            if key not in src:
+                raise KeyError(f"missing tensor {key} (another architecture?)")
+            w = src[key]
+            if w.shape != t.shape:
+                parts = key.split(".")
+                if len(parts) != 3 or parts[0] != "tdnnfs" or parts[2] not in ("linear", "affine") \
+                        or w.dim() != 2 or w.shape[0 if parts[2] == "affine" else 1] != t.shape[0 if parts[2] == "affine" else 1]:
+                    raise ValueError(f"tensor {key} has shape {tuple(w.shape)}, this network needs {tuple(t.shape)}")
+                k = 2 if strides[int(parts[1])] > 0 else 1
+                if parts[2] == "linear":
+                    if w.shape[0] < t.shape[0]:
+                        raise ValueError(f"{key}: bottleneck {w.shape[0]} < {t.shape[0]}")
+                    w = w[: t.shape[0]]
+                else:
+                    r, d = w.shape[1] // k, t.shape[1] // k
+                    if r < d or w.shape[1] % k or t.shape[1] % k:
+                        raise ValueError(f"{key}: cannot take {t.shape[1]} columns from {w.shape[1]} ({k} offsets)")
+                    w = w.reshape(w.shape[0], k, r)[:, :, :d].reshape(w.shape[0], k * d)
+                sliced += 1
+            else:
+                copied += 1
+            t.copy_(w)
+    return copied, sliced
+
+
 def build_model(cfg: TDNNFConfig, num_pdfs: Optional[int] = None) -> TDNNF:
     if num_pdfs is not None:
         cfg = cfg.replace(num_pdfs=num_pdfs)

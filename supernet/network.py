@@ -22,10 +22,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, layer_groups
+from models.tdnnf import TDNNF, TDNNFConfig, copy_weights_to_bottlenecks, layer_groups
 from nas.arch_params import ArchParams, LayerChoices
 from nas.penalty import SizeTable
-from supernet.mixing import mix_bits, mix_rank_cols, mix_rank_rows, slice_cols, slice_rows
+from supernet.mixing import mix_bits, mix_rank_cols, mix_rank_rows
 
 Choice = Tuple[int, Optional[int]]
 
@@ -243,22 +243,7 @@ class SuperNet(TDNNF):
         factor; everything else copied as is (BN statistics included). Same device and dtype."""
         choices = self._as_choices(genotype)
         net = TDNNF(self.subnet_config(choices))
-        src = {k: v for k, v in self.state_dict().items() if not k.startswith("arch.")}
-        dst = net.state_dict()
-        for key, t in dst.items():
-            s = src[key]
-            if s.shape != t.shape:
-                # tdnnfs.{i}.linear / tdnnfs.{i}.affine of a smaller rank
-                i = int(key.split(".")[1])
-                d = t.shape[0] if key.endswith(".linear") else None
-                if key.endswith(".linear"):
-                    s = slice_rows(s, d)
-                elif key.endswith(".affine"):
-                    k = 2 if self.cfg.time_strides[i] > 0 else 1
-                    s = slice_cols(s, k, t.shape[1] // k)
-                else:
-                    raise RuntimeError(f"unexpected shape mismatch for {key}: {tuple(s.shape)} vs {tuple(t.shape)}")
-            t.copy_(s)
+        copy_weights_to_bottlenecks(net, self.state_dict())
         net.quant_enabled = self.quant_enabled
         net.dropout_p = self.dropout_p
         p = next(self.parameters())

@@ -261,6 +261,30 @@ def test_rank_masking_hook_reproduces_smaller_bottleneck():
     assert torch.allclose(m_small(x, lens)[0], masked(x, lens)[0], atol=1e-5)
 
 
+def test_copy_to_smaller_bottlenecks_equals_switching_units_off():
+    """Initialising a smaller-bottleneck network from a bigger one (retrain --init-from, export_subnet)
+    gives the bigger network with bottleneck units d..r-1 switched off (their linear rows zeroed), for
+    time strides 0 (one offset block) and > 0 (two offset blocks in the affine factor)."""
+    from models.tdnnf import copy_weights_to_bottlenecks
+
+    big = randomize_(TDNNF(small_cfg()), seed=5)
+    for m in big.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+    dims = [3, 8, 5, 2, 6, 1]
+    small = TDNNF(small_cfg(bottleneck_dims=dims))
+    copied, sliced = copy_weights_to_bottlenecks(small, big.state_dict())
+    assert sliced == 2 * sum(d < 8 for d in dims) and copied + sliced == len(small.state_dict())
+    with torch.no_grad():
+        for layer, d in zip(big.tdnnfs, dims):
+            layer.linear[d:] = 0.0
+    big.eval(), small.eval()
+    x, lens = torch.randn(2, 40, 5), torch.tensor([40, 29])
+    assert torch.allclose(small(x, lens)[0], big(x, lens)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="bottleneck"):  # cannot grow a bottleneck
+        copy_weights_to_bottlenecks(TDNNF(small_cfg(bottleneck_dims=9)), big.state_dict())
+
+
 def test_batch_norm_mask_all_true_equals_batchnorm():
     from models.tdnnf import batch_norm
 
