@@ -34,9 +34,17 @@ def test_kill_and_resume_gives_the_same_parameters(tiny_corpus, small_train_conf
         assert torch.equal(a[k], b[k]), f"{k} differs after kill-and-resume"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_ddp_ranks_hold_identical_parameters(tiny_corpus, small_train_config, tmp_path):
     out = tmp_path / "ddp"
-    run_cli(["-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_port", 29517, "retrain.py",
+    run_cli(["-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_port", _free_port(), "retrain.py",
              "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 3, "--no-progress",
              "--out", out])
     import json
