@@ -4,8 +4,8 @@ Input: ``{"train": CutSet, "dev": CutSet, "test": CutSet}`` (one supervision per
 and a lexicon that covers the words.  Output (docs/INTERFACES.md): ``cuts_<split>.jsonl.gz`` with
 features, ``feats/``, ``lang/lexicon.txt``, ``lang/phones.txt``, ``lm_train_text.txt`` (the training
 transcripts: the phone LM of the den graph), ``lm_text.txt`` (the decoding LM's text: the training
-transcripts plus any extra LM sentences), ``cmvn.json``, ``summary.json``.  Manifests are written with a fixed gzip header (mtime 0) so equal inputs give
-byte-identical files.
+transcripts plus any extra LM sentences), ``cmvn.json``, ``summary.json``.  Manifests are written with a
+fixed gzip header (mtime 0) so equal inputs give byte-identical files.
 """
 from __future__ import annotations
 
@@ -152,11 +152,12 @@ def prepare_dir(
     lexicon.subset(words).save(out_dir / "lang" / "lexicon.txt")
     with open(out_dir / "lm_train_text.txt", "w", encoding="utf-8") as f:
         f.writelines(t + "\n" for t in train_text)
+    lm_sentences = train_text + extra
+    lm_vocab = {w for t in lm_sentences for w in t.split()}
     with open(out_dir / "lm_text.txt", "w", encoding="utf-8") as f:
-        f.writelines(t + "\n" for t in train_text + extra)
-    lm_stats.update({"sentences": len(train_text) + len(extra),
-                     "words": sum(len(t.split()) for t in train_text + extra),
-                     "vocabulary": len({w for t in train_text + extra for w in t.split()})})
+        f.writelines(t + "\n" for t in lm_sentences)
+    lm_stats.update({"sentences": len(lm_sentences), "words": sum(len(t.split()) for t in lm_sentences),
+                     "vocabulary": len(lm_vocab)})
 
     summary: Dict[str, object] = {}
     if extra_summary:
@@ -174,9 +175,6 @@ def prepare_dir(
         toks = [w for c in featured[name] for w in c.supervisions[0].text.split()]
         summary["splits"][name]["oov_rate_vs_train_vocab"] = round(
             sum(w not in train_words for w in toks) / max(1, len(toks)), 4)
-    for name in ("dev", "test"):
-        lm_vocab = {w for t in train_text + extra for w in t.split()}
-        toks = [w for c in featured[name] for w in c.supervisions[0].text.split()]
         summary["splits"][name]["oov_rate_vs_lm_text"] = round(
             sum(w not in lm_vocab for w in toks) / max(1, len(toks)), 4)
     summary["lm_text"] = lm_stats

@@ -712,17 +712,25 @@ class TDNNF(nn.Module):
         return x[:, :, start::f], t0 + start
 
 
+def slice_cols(w: torch.Tensor, k: int, d: int) -> torch.Tensor:
+    """First ``d`` columns of each of the ``k`` offset blocks of a Kaldi-layout (out, k*r) weight."""
+    rows, cols = w.shape
+    r = cols // k
+    if d == r:
+        return w
+    return w.reshape(rows, k, r)[:, :, :d].reshape(rows, k * d)
+
+
 def copy_weights_to_bottlenecks(dst: TDNNF, src: Dict[str, torch.Tensor], skip_prefixes: Sequence[str] = ("arch.",)
                                 ) -> Tuple[int, int]:
     """Copy the state ``src`` of a TDNN-F with bottlenecks >= ``dst``'s into ``dst``; returns (copied, sliced).
 
     A TDNN-F layer whose bottleneck shrinks from r to d keeps its first d bottleneck units: rows [0, d) of
     ``tdnnfs.i.linear`` (d, k*Din), and columns [0, d) of *each* of the k time-offset blocks of
-    ``tdnnfs.i.affine`` (D, k*r), k = 2 for a time stride > 0 else 1 -- the same network as the source
-    with units d..r-1 of that bottleneck switched off. Every other tensor must match in shape.
-    Keys starting with ``skip_prefixes`` (a supernet's architecture logits) are ignored.
+    ``tdnnfs.i.affine`` (D, k*r), k = 2 for a time stride > 0 else 1 (:func:`slice_cols`) -- the same
+    network as the source with units d..r-1 of that bottleneck switched off. Every other tensor must
+    match in shape. Keys starting with ``skip_prefixes`` (a supernet's architecture logits) are ignored.
     """
-    strides = dst.cfg.time_strides
     copied = sliced = 0
     with torch.no_grad():
         for key, t in dst.state_dict().items():
@@ -733,19 +741,15 @@ def copy_weights_to_bottlenecks(dst: TDNNF, src: Dict[str, torch.Tensor], skip_p
             w = src[key]
             if w.shape != t.shape:
                 parts = key.split(".")
-                if len(parts) != 3 or parts[0] != "tdnnfs" or parts[2] not in ("linear", "affine") \
-                        or w.dim() != 2 or w.shape[0 if parts[2] == "affine" else 1] != t.shape[0 if parts[2] == "affine" else 1]:
-                    raise ValueError(f"tensor {key} has shape {tuple(w.shape)}, this network needs {tuple(t.shape)}")
-                k = 2 if strides[int(parts[1])] > 0 else 1
-                if parts[2] == "linear":
-                    if w.shape[0] < t.shape[0]:
-                        raise ValueError(f"{key}: bottleneck {w.shape[0]} < {t.shape[0]}")
+                factor = parts[2] if len(parts) == 3 and parts[0] == "tdnnfs" else None
+                k = 2 if factor and dst.cfg.time_strides[int(parts[1])] > 0 else 1
+                if factor == "linear" and w.shape[1] == t.shape[1] and w.shape[0] >= t.shape[0]:
                     w = w[: t.shape[0]]
+                elif factor == "affine" and w.shape[0] == t.shape[0] and w.shape[1] >= t.shape[1]:
+                    w = slice_cols(w, k, t.shape[1] // k)
                 else:
-                    r, d = w.shape[1] // k, t.shape[1] // k
-                    if r < d or w.shape[1] % k or t.shape[1] % k:
-                        raise ValueError(f"{key}: cannot take {t.shape[1]} columns from {w.shape[1]} ({k} offsets)")
-                    w = w.reshape(w.shape[0], k, r)[:, :, :d].reshape(w.shape[0], k * d)
+                    raise ValueError(f"tensor {key} has shape {tuple(w.shape)}, this network needs "
+                                     f"{tuple(t.shape)} (only a TDNN-F bottleneck may shrink)")
                 sliced += 1
             else:
                 copied += 1

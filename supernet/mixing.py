@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from models.tdnnf import slice_cols  # the affine factor's layout lives with the model
 from quant.quantizers import fake_quant
 
 Flags = Optional[Sequence[bool]]
@@ -61,15 +62,6 @@ def mix_bits(w: torch.Tensor, bits: Sequence[int], wb: torch.Tensor, per_channel
     if out is None:
         raise ValueError("every candidate skipped")
     return out
-
-
-def slice_cols(w: torch.Tensor, k: int, d: int) -> torch.Tensor:
-    """First ``d`` columns of each of the ``k`` offset blocks of a Kaldi-layout (out, k*r) weight."""
-    rows, cols = w.shape
-    r = cols // k
-    if d == r:
-        return w
-    return w.reshape(rows, k, r)[:, :, :d].reshape(rows, k * d)
 
 
 def slice_rows(w: torch.Tensor, d: int) -> torch.Tensor:
