@@ -35,7 +35,9 @@ from pathlib import Path
 log = logging.getLogger("mixed_precision")
 
 _SHAPE_FIELDS = ("feat_dim", "ivector_dim", "tdnn1_dim", "tdnn1_context", "num_layers", "hidden_dim", "time_strides",
-                 "prefinal_dim", "prefinal_big_dim", "frame_subsampling_factor", "quant_per_channel", "quant_scale")
+                 "prefinal_dim", "prefinal_big_dim", "frame_subsampling_factor")
+# the quantizer is the space's (every method uses the same one): a float model takes it on
+_QUANT_FIELDS = ("quant_per_channel", "quant_scale")
 
 
 def parse_args(argv=None):
@@ -58,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--max-batches", type=int, default=4)
     p.add_argument("--max-duration", type=float, default=60.0, help="seconds of audio per batch")
     p.add_argument("--config", default=None, help="YAML with an lfmmi: section (retrain config); hessian only")
+    p.add_argument("--bottleneck-order", choices=["pca", "energy", "none"], default="pca",
+                   help="order the model's bottleneck units as retrain.py --init-from does (default: %(default)s)")
     p.add_argument("--bottlenecks", choices=["model", "max"], default="model",
                    help="TDNN-F ranks of the genotype: the model's (default) or the space's largest")
     p.add_argument("--hessian-method", choices=["fd_output", "fd", "autograd"], default="fd_output",
@@ -177,12 +181,16 @@ def main(argv=None):
     from search_spaces.space import load_search_space
     from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, layer_sizes, normalise_table,
                                       pareto_frontier)
+    from models.bottleneck_order import order_bottlenecks_
     from training.model_io import load_model_file
 
     torch.manual_seed(args.seed)
     model = load_model_file(args.model, device="cpu")
     space = load_search_space(args.space, num_pdfs=model.cfg.num_pdfs)
     check_model_matches_space(model.cfg, space)
+    model.cfg = model.cfg.replace(**{f: getattr(space.network, f) for f in _QUANT_FIELDS})
+    # the weights the retrain starts from (training.model_io.init_from orders the bottlenecks the same way)
+    order_bottlenecks_(model, args.bottleneck_order)
     if args.bottlenecks == "model":
         bn = {l.name: model.cfg.bottleneck_dims[int(l.name[len("tdnnf"):]) - 1] for l in space.layers
               if l.has_bottleneck}

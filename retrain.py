@@ -74,19 +74,6 @@ def load_config(path):
     return load_sections(path, ("train", "lfmmi", "quant"))
 
 
-def init_from(model, path):
-    """Copy weights from a float model file; a smaller bottleneck keeps the first units
-    (``models.tdnnf.copy_weights_to_bottlenecks``)."""
-    from models.tdnnf import copy_weights_to_bottlenecks
-    from training.model_io import load_model_file
-
-    try:
-        copied, sliced = copy_weights_to_bottlenecks(model, load_model_file(path).state_dict())
-    except (KeyError, ValueError) as e:
-        raise RuntimeError(f"--init-from {path}: {e.args[0]}") from None
-    log.info("initialised from %s (%d tensors copied, %d sliced to smaller bottlenecks)", path, copied, sliced)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="prepared corpus (prepare_data.py)")
@@ -97,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/quant sections")
     p.add_argument("--out", required=True)
     p.add_argument("--init-from", default=None, help="fine-tune from this float model.pt")
+    p.add_argument("--bottleneck-order", choices=["pca", "energy", "none"], default="pca",
+                   help="order the --init-from model's bottleneck units by importance before slicing "
+                        "(models.bottleneck_order; default: %(default)s)")
     p.add_argument("--quant-trainer", choices=["ste", "admm"], default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
@@ -116,7 +106,7 @@ def main(argv=None):
     from search_spaces.genotype import Genotype
     from training import distributed
     from training.experiment import make_batches, make_lfmmi, start_run
-    from training.model_io import cmvn_metadata, save_model_file
+    from training.model_io import cmvn_metadata, init_from, save_model_file
 
     cfg = load_config(args.config)
     topts = TrainOptions.from_dict(cfg.get("train"))
@@ -139,7 +129,7 @@ def main(argv=None):
     mcfg = geno.to_config(space, num_pdfs=corpus.num_pdfs)
     model = build_model(mcfg)
     if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
-        init_from(model, args.init_from)
+        init_from(model, args.init_from, args.bottleneck_order)
     if dinfo.is_main:
         geno.save(str(out / "genotype.json"))
         log.info("architecture:\n%s", geno.summary(space))

@@ -31,6 +31,9 @@ import yaml
 log = logging.getLogger("run_experiments")
 PY = sys.executable
 KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
+SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
+               "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
+               "finetune_from_fp32", "quant_trainer"}
 
 
 def load_config(path) -> Dict[str, Any]:
@@ -45,6 +48,9 @@ def load_config(path) -> Dict[str, Any]:
             raise ValueError(f"{path}: systems[{i}].kind must be one of {KINDS}, got {s.get('kind')!r}")
         if "name" not in s:
             raise ValueError(f"{path}: systems[{i}] needs a name")
+        unknown = sorted(set(s) - SYSTEM_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: system {s['name']}: unknown key(s) {unknown}; known: {sorted(SYSTEM_KEYS)}")
         if s["name"] in names:
             raise ValueError(f"{path}: duplicate system name {s['name']!r}")
         names.add(s["name"])
@@ -129,6 +135,16 @@ class Runner:
         g = d / "genotype_in.json"
         if s["kind"] in ("fp32", "uniform") or g.is_file():
             return g if g.is_file() else None
+        if s.get("genotype_from"):  # the same genotype as another system (e.g. a longer fine-tuning)
+            src = self.sys_dir(s["genotype_from"]) / "genotype_in.json"
+            if not src.is_file():
+                raise RuntimeError(f"system {s['name']}: genotype_from {s['genotype_from']!r} has no genotype yet "
+                                   f"(list that system first)")
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = g.with_suffix(".tmp")
+            tmp.write_text(src.read_text())
+            tmp.replace(g)
+            return g
         if s["kind"] in ("kl", "hessian"):
             cmd = [PY, "mixed_precision.py", "--model", str(self.fp32_model()), "--data-dir", self.data_dir,
                    "--space", self.space, "--budget-bytes", str(self.budget_bytes(s)), "--out", str(g),

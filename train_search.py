@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import sys
 from pathlib import Path
@@ -29,26 +30,35 @@ from training.loop import TrainOptions, Trainer
 log = logging.getLogger("train_search")
 
 SEARCH_DEFAULTS = {
-    "mode": "bilevel", "held_out_fraction": 0.1, "warmup_epochs": 1.0, "arch_lr": 0.01,
-    "tau_start": 5.0, "tau_end": 0.5, "tau_schedule": "exponential", "hard": False, "penalty": "hinge",
-    "penalty_weight": 2.0, "init": "uniform", "log_every": 10, "derivation": "budget",
+    "mode": "bilevel", "held_out_fraction": 0.1, "warmup_epochs": 1.0, "arch_lr": 0.05,
+    "arch_optimizer": "adam_global", "tau_start": 5.0, "tau_end": 0.5, "tau_schedule": "exponential",
+    "hard": True, "penalty": "band", "penalty_source": "argmax", "penalty_band": [0.9, 1.0],
+    "penalty_weight": 2.0, "entropy_weight": 0.05, "init": "uniform", "log_every": 10, "derivation": "argmax",
 }
 
 
 def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes,
-                     derivation="budget"):
+                     derivation="argmax", entropy_schedule=None):
     from nas.derive import derive_genotype, derive_genotype_within_budget
     from nas.hooks import ArchSearchHook
 
     class _Hook(ArchSearchHook):
         def write_genotype(self, trainer, epoch: int):
-            src = {"run": str(out_dir), "epoch": epoch, "step": trainer.step, "target_bytes": target_bytes}
+            arch = self.architect.arch
+            src = {"run": str(out_dir), "epoch": epoch, "step": trainer.step, "target_bytes": target_bytes,
+                   "argmax_bytes": table.size(arch.argmax_choices()),
+                   "expected_bytes": float(table.expected(arch.probs())),
+                   "entropy_mean": float(arch.mean_entropy().detach())}
             if derivation == "budget":
-                g = derive_genotype_within_budget(self.architect.arch, space, table, target_bytes, src)
+                g = derive_genotype_within_budget(arch, space, table, target_bytes, src)
             else:
-                g = derive_genotype(self.architect.arch, space, source=src)
+                g = derive_genotype(arch, space, source=src)
+                if src["argmax_bytes"] > target_bytes:
+                    log.warning("epoch %d: the argmax architecture (%d bytes) is over the budget (%d bytes)",
+                                epoch, src["argmax_bytes"], target_bytes)
             g.save(str(Path(out_dir) / f"genotype_epoch{epoch}.json"))
             g.save(str(Path(out_dir) / "genotype.json"))
+            write_arch_probs(arch, Path(out_dir) / "arch_probs.json", src)
             return g
 
         def after_optimizer_step(self, trainer):
@@ -68,7 +78,21 @@ def make_search_hook(architect, schedule, held, space, table, log_every, out_dir
             if trainer.dist.is_main:
                 self.write_genotype(trainer, trainer.epoch)
 
-    return _Hook(architect, schedule, arch_batches=held, space=space, table=table, log_every=log_every)
+    return _Hook(architect, schedule, arch_batches=held, space=space, table=table, log_every=log_every,
+                 entropy_schedule=entropy_schedule, target_bytes=target_bytes)
+
+
+def write_arch_probs(arch, path: Path, source: dict) -> None:
+    """The architecture distribution as JSON: per layer its candidates and their probabilities."""
+    import torch
+
+    with torch.no_grad():
+        layers = [{"name": l.name, "bits": list(l.bits), "bit_probs": [float(x) for x in pb],
+                   "bottlenecks": [d for d in l.dims], "bottleneck_probs": [float(x) for x in pd]}
+                  for l, (pb, pd) in zip(arch.layers, arch.probs())]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": 1, "source": source, "layers": layers}, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def load_config(path):
@@ -88,6 +112,13 @@ def search_options(d):
         raise ValueError(f"search.derivation must be budget or argmax, got {opts['derivation']!r}")
     if opts["mode"] not in ("bilevel", "single"):
         raise ValueError(f"search.mode must be bilevel or single, got {opts['mode']!r}")
+    band = opts["penalty_band"]
+    if not (isinstance(band, (list, tuple)) and len(band) == 2 and 0 < float(band[0]) <= float(band[1])):
+        raise ValueError(f"search.penalty_band must be [low, high] with 0 < low <= high, got {band!r}")
+    for k in ("penalty_weight", "entropy_weight", "arch_lr", "warmup_epochs"):
+        v = opts[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"search.{k} must be a finite number >= 0, got {v!r}")
     return opts
 
 
@@ -103,6 +134,8 @@ def parse_args(argv=None):
     t.add_argument("--target-ratio", type=float, help="budget = fp32 size of the space's largest net / R")
     p.add_argument("--init-from", default=None,
                    help="start the shared weights from this float model.pt (e.g. the fp32 baseline)")
+    p.add_argument("--bottleneck-order", choices=["pca", "energy", "none"], default="pca",
+                   help="order the --init-from model's bottleneck units by importance first (default: %(default)s)")
     p.add_argument("--no-bottleneck-search", action="store_true", help="search bits only (max dims)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
     p.add_argument("--device", default="cpu")
@@ -125,12 +158,12 @@ def restrict_bottlenecks(space):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from nas import Architect, SizePenalty, TemperatureSchedule
+    from nas import Architect, RampSchedule, SizePenalty, TemperatureSchedule
     from quant.cost_model import fp32_bytes
-    from retrain import init_from
     from supernet.network import SuperNet
     from training import distributed
     from training.experiment import make_batches, make_lfmmi, start_run, split_train
+    from training.model_io import init_from
 
     cfg = load_config(args.config)
     topts = TrainOptions.from_dict(cfg.get("train"))
@@ -145,7 +178,7 @@ def main(argv=None):
     net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
                               hard=bool(sopts["hard"]))
     if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
-        init_from(net, args.init_from)
+        init_from(net, args.init_from, args.bottleneck_order)
     fp32 = fp32_bytes(space.network)
     if args.target_bytes:
         target = args.target_bytes
@@ -159,11 +192,16 @@ def main(argv=None):
                          f"({table.min_bytes():.0f} bytes)")
     log.info("size budget %.0f bytes (fp32 %d bytes, ratio %.1fx); space spans %.0f..%.0f bytes",
              target, fp32, fp32 / target, table.min_bytes(), table.max_bytes())
-    penalty = SizePenalty(table, target, kind=sopts["penalty"], weight=float(sopts["penalty_weight"]))
+    penalty = SizePenalty(table, target, kind=sopts["penalty"], weight=float(sopts["penalty_weight"]),
+                          source=sopts["penalty_source"], band=tuple(float(x) for x in sopts["penalty_band"]))
     architect = Architect(net.arch, penalty=penalty, lr=float(sopts["arch_lr"]), mode=sopts["mode"],
-                          warmup_epochs=float(sopts["warmup_epochs"]))
+                          warmup_epochs=float(sopts["warmup_epochs"]), optimizer=sopts["arch_optimizer"])
     schedule = TemperatureSchedule(float(sopts["tau_start"]), float(sopts["tau_end"]),
-                                   total=float(topts.epochs), kind=sopts["tau_schedule"])
+                                   total=float(topts.epochs), kind=sopts["tau_schedule"],
+                                   warmup=min(float(sopts["warmup_epochs"]), 0.5 * float(topts.epochs)))
+    entropy = RampSchedule(float(sopts["entropy_weight"]), float(sopts["warmup_epochs"]), float(topts.epochs))
+    if sopts["mode"] == "bilevel":
+        net.arch_grad = False  # weight steps compute only the sampled subnet; the logits learn on held-out data
 
     loss_fn, compiler, den = make_lfmmi(corpus, cfg.get("lfmmi"))
     all_train = corpus.cuts("train")
@@ -176,7 +214,7 @@ def main(argv=None):
         if held_cuts is not None else None
     valid = make_batches(corpus.cuts("dev"), corpus, topts.valid_max_duration, False, 0, dinfo)
     hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target,
-                            sopts["derivation"])
+                            sopts["derivation"], entropy)
     trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, [hook],
                       params=net.weight_parameters(), show_progress=not args.no_progress)
     with open(out / "search_config.json", "w") as f:

@@ -22,7 +22,7 @@ Typical use (see each module's docstring; ``nas.hooks.ArchSearchHook`` wires all
 """
 from nas.arch_params import ArchParams, LayerChoices
 from nas.gumbel import gumbel_softmax, one_hot_like
-from nas.schedule import TemperatureSchedule
+from nas.schedule import RampSchedule, TemperatureSchedule
 from nas.penalty import SizeTable, SizePenalty, PENALTY_KINDS
 from nas.architect import Architect
 from nas.derive import derive_genotype, probability_matrices, render_prob_image, log_arch_tensorboard
@@ -37,7 +37,7 @@ def __getattr__(name):  # lazy: nas.hooks imports the trainer
 
 
 __all__ = [
-    "ArchParams", "LayerChoices", "gumbel_softmax", "one_hot_like", "TemperatureSchedule", "SizeTable",
+    "ArchParams", "LayerChoices", "gumbel_softmax", "one_hot_like", "TemperatureSchedule", "RampSchedule", "SizeTable",
     "SizePenalty", "PENALTY_KINDS", "Architect", "derive_genotype", "probability_matrices",
     "render_prob_image", "log_arch_tensorboard", "ArchSearchHook",
 ]

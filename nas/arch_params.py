@@ -18,6 +18,7 @@ forward pass used).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -120,6 +121,23 @@ class ArchParams(nn.Module):
     def probs(self) -> Weights:
         """Softmax of the logits (temperature 1): the categorical distribution being searched."""
         return [(torch.softmax(b, -1), torch.softmax(d, -1)) for b, d in zip(self.bit_logits, self.dim_logits)]
+
+    def entropies(self) -> List[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
+        """Per layer, the entropy of the bit and of the bottleneck distribution (softmax of the logits)
+        divided by ``log(n)`` (1 = uniform, 0 = one-hot); None for a fixed (single-option) choice.
+        Differentiable in the logits."""
+        def h(logits):
+            if logits.numel() == 1:
+                return None
+            lp = torch.log_softmax(logits, -1)
+            return -(lp.exp() * lp).sum() / math.log(logits.numel())
+
+        return [(h(b), h(d)) for b, d in zip(self.bit_logits, self.dim_logits)]
+
+    def mean_entropy(self) -> torch.Tensor:
+        """Mean normalised entropy over every searched choice (0-dim; 0 when nothing is searched)."""
+        hs = [x for pair in self.entropies() for x in pair if x is not None]
+        return torch.stack(hs).mean() if hs else self.bit_logits[0].new_zeros(())
 
     def _draw(self, logits: torch.Tensor, how: str) -> torch.Tensor:
         if logits.numel() == 1:

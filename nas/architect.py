@@ -11,6 +11,19 @@ Two schedules (both first-order):
   its weight optimizer, then calls :meth:`Architect.step_from_grads`.
 
 ``warmup_epochs``: :meth:`active` is False before that epoch; the loop trains the weights only.
+
+The logits' objective is ``task + penalty + entropy_weight * mean normalised entropy``
+(:meth:`ArchParams.mean_entropy`); the caller sets :attr:`Architect.entropy_weight` from a schedule, so
+the distribution ends sharp and the derived argmax is the architecture the search converged on.
+
+Optimizers of the logits (``optimizer``):
+
+* ``"adam_global"`` (default): Adam's first moment per logit, but one second moment for all of them
+  (the mean squared gradient). It adapts the step size like Adam while keeping the *relative* sizes of
+  the gradients: the size penalty's gradient on a layer is proportional to the bytes at stake, and a
+  per-logit Adam would give a small layer's tiny but steady penalty gradient a full-size step;
+* ``"adam"``: per-logit Adam (DARTS);
+* ``"sgd"``: SGD with momentum 0.9.
 """
 from __future__ import annotations
 
@@ -21,6 +34,56 @@ import torch
 from nas.arch_params import ArchParams
 from nas.penalty import SizePenalty
 
+OPTIMIZERS = ("adam_global", "adam", "sgd")
+
+
+class GlobalAdam(torch.optim.Optimizer):
+    """Adam with a per-parameter first moment and a single second moment shared by every element of
+    every parameter (the running mean of the squared gradient): ``p -= lr * m_hat / (sqrt(v_hat) + eps)``
+    with ``v`` a scalar, bias-corrected like Adam. Decoupled weight decay (AdamW style)."""
+
+    def __init__(self, params, lr: float = 1e-2, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.param_groups[0].setdefault("global_step", 0)
+        self.param_groups[0].setdefault("global_v", 0.0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not ps:
+            return loss
+        g2 = sum(float(p.grad.double().square().sum()) for p in ps) / sum(p.numel() for p in ps)
+        head = self.param_groups[0]  # the shared second moment lives in the first group (saved with it)
+        b1, b2 = head["betas"]
+        head["global_step"] += 1
+        t = head["global_step"]
+        head["global_v"] = b2 * head["global_v"] + (1 - b2) * g2
+        denom = (head["global_v"] / (1 - b2 ** t)) ** 0.5 + head["eps"]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "m" not in st:
+                    st["m"] = torch.zeros_like(p)
+                st["m"].mul_(group["betas"][0]).add_(p.grad, alpha=1 - group["betas"][0])
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(st["m"] / (1 - group["betas"][0] ** t), alpha=-group["lr"] / denom)
+        return loss
+
+
+def make_arch_optimizer(kind: str, params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    if kind == "adam_global":
+        return GlobalAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown architecture optimizer {kind!r}; choose one of {OPTIMIZERS}")
+
+
 LossFn = Callable[[], Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, Any]]]]
 
 
@@ -28,23 +91,27 @@ class Architect:
     """Args:
         arch: the architecture parameters.
         penalty: the size penalty (None: task loss only).
-        lr, betas, weight_decay: Adam on the logits (DARTS: 3e-4, (0.5, 0.999), 1e-3; FBNet lr 1e-2).
+        lr, betas, weight_decay: the logits' optimizer (DARTS Adam: 3e-4, (0.5, 0.999), 1e-3; FBNet lr 1e-2).
         mode: ``"bilevel"`` or ``"single"`` (informational for :meth:`step`; both methods work).
         warmup_epochs: epochs of weights-only training before the logits move.
         grad_clip: optional max-norm clip of the logits' gradient.
+        optimizer: ``"adam"`` (default here, DARTS), ``"adam_global"`` or ``"sgd"`` (module docstring).
+        entropy_weight: initial weight of the entropy term (the search's schedule updates it).
     """
 
     MODES = ("bilevel", "single")
 
     def __init__(self, arch: ArchParams, penalty: Optional[SizePenalty] = None, lr: float = 3e-3,
                  betas=(0.5, 0.999), weight_decay: float = 1e-3, mode: str = "bilevel",
-                 warmup_epochs: float = 0.0, grad_clip: Optional[float] = None):
+                 warmup_epochs: float = 0.0, grad_clip: Optional[float] = None, optimizer: str = "adam",
+                 entropy_weight: float = 0.0):
         if mode not in self.MODES:
             raise ValueError(f"unknown architect mode {mode!r}; choose one of {self.MODES}")
         self.arch, self.penalty, self.mode = arch, penalty, mode
         self.warmup_epochs, self.grad_clip = float(warmup_epochs), grad_clip
         self.params = [p for p in arch.arch_parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.optimizer = make_arch_optimizer(optimizer, self.params, lr, betas, weight_decay)
+        self.entropy_weight = float(entropy_weight)
         self.steps = 0
 
     def active(self, epoch: float) -> bool:
@@ -52,11 +119,13 @@ class Architect:
         return float(epoch) >= self.warmup_epochs
 
     def penalty_term(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(weighted penalty, expected bytes)`` under the current logits (zeros without a penalty)."""
-        if self.penalty is None:
-            z = self.params[0].new_zeros(())
-            return z, z.to(torch.float64)
-        return self.penalty(self.arch)
+        """``(weighted size penalty + entropy term, size bytes)`` under the current logits (zeros without
+        a penalty or entropy weight)."""
+        z = self.params[0].new_zeros(())
+        pen, size = (z, z.to(torch.float64)) if self.penalty is None else self.penalty(self.arch)
+        if self.entropy_weight:
+            pen = pen + self.entropy_weight * self.arch.mean_entropy()
+        return pen, size
 
     def _finish(self, grads_present: bool) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -97,6 +166,8 @@ class Architect:
         self._finish(total.requires_grad)
         res = {"arch_loss": float(task.detach()), "penalty": float(pen.detach()),
                "expected_bytes": float(expected.detach())}
+        if self.entropy_weight:
+            res["entropy_mean"] = float(self.arch.mean_entropy().detach())
         res.update({k: float(v) for k, v in stats.items() if isinstance(v, (int, float))})
         return res
 

@@ -13,7 +13,7 @@ from nas.penalty import SizeTable
 
 def genotype_dict(arch: ArchParams, space_name: str, expected_size_bytes: Optional[float] = None,
                   source: Optional[Dict[str, Any]] = None, choices=None) -> Dict[str, Any]:
-    """The genotype JSON (DESIGN.md section 6) of ``choices`` (default: the argmax of ``arch``)."""
+    """The genotype JSON (``search_spaces.genotype``) of ``choices`` (default: the argmax of ``arch``)."""
     choices = choices if choices is not None else arch.argmax_choices()
     layers = []
     for l, (b, d) in zip(arch.layers, choices):
@@ -90,12 +90,25 @@ def render_prob_image(matrix: np.ndarray, cell: int = 12) -> torch.Tensor:
 
 
 def log_arch_tensorboard(writer, arch: ArchParams, step: int, table: Optional[SizeTable] = None,
-                         prefix: str = "arch") -> Dict[str, float]:
+                         prefix: str = "arch", target_bytes: Optional[float] = None) -> Dict[str, float]:
     """Write per-layer probabilities (``{prefix}/bits/<layer>/<b>``, ``{prefix}/dim/<layer>/<d>``), the
-    layer x choice images (``{prefix}/bits_matrix``, ``{prefix}/dims_matrix``), ``tau`` and, with a table,
-    the expected and argmax sizes in MB. Returns the scalars written (also handy without a writer)."""
+    per-layer normalised entropies (``{prefix}/entropy/<layer>/bits|dim``, 1 = uniform, 0 = one-hot) and
+    their mean (``{prefix}/entropy_mean``), the layer x choice images (``{prefix}/bits_matrix``,
+    ``{prefix}/dims_matrix``), ``tau`` and, with a table, the expected and argmax sizes in MB (and the
+    budget, ``{prefix}/target_mb``, when given). Returns the scalars written (also handy without a
+    writer)."""
     scalars: Dict[str, float] = {f"{prefix}/tau": arch.tau}
     with torch.no_grad():
+        hs = []
+        for l, (hb, hd) in zip(arch.layers, arch.entropies()):
+            for kind, h in (("bits", hb), ("dim", hd)):
+                if h is not None:
+                    scalars[f"{prefix}/entropy/{l.name}/{kind}"] = float(h)
+                    hs.append(float(h))
+        if hs:
+            scalars[f"{prefix}/entropy_mean"] = float(np.mean(hs))
+        if target_bytes is not None:
+            scalars[f"{prefix}/target_mb"] = float(target_bytes) / 1e6
         probs = arch.probs()
         for l, (pb, pd) in zip(arch.layers, probs):
             if len(l.bits) > 1:

@@ -22,7 +22,8 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
     """Sample ``softmax((logits + g) / tau)`` with ``g ~ Gumbel(0, 1)`` over the last dimension.
 
     ``hard=True`` returns the one-hot argmax in the forward pass and the soft sample's gradient in the
-    backward pass (straight-through: ``y_hard - y_soft.detach() + y_soft``). ``noise=False`` drops the
+    backward pass (straight-through: ``y_hard + (y_soft - y_soft.detach())``, whose value is exactly
+    one-hot: the sampled candidate's weight is exactly 1, the others exactly 0). ``noise=False`` drops the
     Gumbel noise (a tempered softmax, or a straight-through argmax when ``hard``).
     """
     if tau <= 0:
@@ -40,4 +41,4 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
         return y_soft
     idx = y_soft.argmax(dim=-1, keepdim=True)
     y_hard = torch.zeros_like(y_soft).scatter_(-1, idx, 1.0)
-    return y_hard - y_soft.detach() + y_soft
+    return y_hard + (y_soft - y_soft.detach())

@@ -19,7 +19,7 @@ layer x choice images, tau, expected / argmax size (MB) and the architect's stat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -39,10 +39,12 @@ class ArchSearchHook(_Base):
 
     def __init__(self, architect: Architect, schedule: Optional[TemperatureSchedule] = None,
                  arch_batches=None, space=None, table: Optional[SizeTable] = None, log_every: Optional[int] = None,
-                 genotype_name: str = "genotype.json"):
+                 genotype_name: str = "genotype.json", entropy_schedule: Optional[Callable[[float], float]] = None,
+                 target_bytes: Optional[float] = None):
         if architect.mode == "bilevel" and arch_batches is None:
             raise ValueError("bi-level search needs arch_batches (a held-out split)")
         self.architect, self.schedule, self.arch_batches = architect, schedule, arch_batches
+        self.entropy_schedule, self.target_bytes = entropy_schedule, target_bytes
         self.space, self.table, self.log_every, self.genotype_name = space, table, log_every, genotype_name
         self._epoch, self._pos = 0, 0  # position in arch_batches
         self._it: Optional[Iterator] = None
@@ -70,7 +72,11 @@ class ArchSearchHook(_Base):
         model = trainer.raw_model  # not the DDP wrapper: only the logits are differentiated here
         model.train()
         feats, lengths = batch["feats"].to(trainer.device), batch["lengths"].to(trainer.device)
-        chain, xent, out_lengths = model(feats, lengths)
+        if hasattr(model, "arch_gradients"):
+            with model.arch_gradients(True):
+                chain, xent, out_lengths = model(feats, lengths)
+        else:
+            chain, xent, out_lengths = model(feats, lengths)
         loss, stats = trainer.loss_fn(chain, xent, out_lengths, trainer.compiler.compile(batch["texts"]))
         return loss, {f"arch_{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
 
@@ -85,6 +91,8 @@ class ArchSearchHook(_Base):
         ep = self.epoch_float(trainer)
         if self.schedule is not None:
             self.architect.arch.tau = self.schedule(ep)
+        if self.entropy_schedule is not None:
+            self.architect.entropy_weight = self.entropy_schedule(ep)
         if not self.architect.active(ep):
             self.architect.zero_grad()  # gradients the weight step left on the logits
             self.last = {}
@@ -100,7 +108,8 @@ class ArchSearchHook(_Base):
             return
         if every and trainer.step % every == 0:
             tb = trainer.tb
-            log_arch_tensorboard(tb, self.architect.arch, trainer.step, self.table)
+            log_arch_tensorboard(tb, self.architect.arch, trainer.step, self.table, target_bytes=self.target_bytes)
+            tb.add_scalar("arch/entropy_weight", self.architect.entropy_weight, trainer.step)
             for k, v in self.last.items():
                 tb.add_scalar(f"arch/{k}", v, trainer.step)
 

@@ -7,21 +7,32 @@ searched (``const_bytes``). With per-layer mixing weights ``w_b``, ``w_d``:
     E[size] = const_bytes + sum_l  w_b^T S_l w_d  =  const + sum_l sum_{b,d} w_b w_d S_l[b, d]
 
 which is differentiable in the weights and, under one-hot weights, equals the size of that one
-architecture. :class:`SizePenalty` turns it into ``lambda * f(E / target)`` with ``f`` one of
+architecture. :class:`SizePenalty` turns it into ``lambda * f(S / target)`` with ``f`` one of
 
-* ``linear``: ``E / target``                (ProxylessNAS ``add#linear`` up to a constant),
-* ``log``:    ``log(E / target)``           (FBNet-like, scale-free),
-* ``hinge``:  ``max(0, E / target - 1)``    (zero under the budget).
+* ``linear``: ``r``                                   (ProxylessNAS ``add#linear`` up to a constant),
+* ``log``:    ``log(r)``                              (FBNet-like, scale-free),
+* ``hinge``:  ``max(0, r - 1)``                       (zero under the budget),
+* ``band``:   ``max(0, r - high) + max(0, low - r)``  (two-sided: zero inside ``[low, high]`` of the
+  budget, so the architecture is pushed *up* to use the budget as well as down under it),
+
+``r = S / target``. ``S`` is the size of the weights the penalty is given. Called with an
+:class:`ArchParams`, ``source`` picks them: ``"argmax"`` (the architecture that will be derived, one-hot
+in the forward pass with the softmax's gradient, straight through), ``"sample"`` (the last forward
+pass's sample) or ``"probs"`` (the expectation under the softmax). A one-sided penalty on the expectation
+stops pushing once the expectation is under budget, however far the argmax lies from it; the band on
+the argmax does not.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from nas.arch_params import ArchParams, LayerChoices, Weights
 
-PENALTY_KINDS = ("linear", "log", "hinge")
+PENALTY_KINDS = ("linear", "log", "hinge", "band")
+PENALTY_SOURCES = ("probs", "sample", "argmax")
 
 
 class SizeTable:
@@ -88,43 +99,51 @@ class SizeTable:
 
 
 class SizePenalty:
-    """``weight * f(E[size] / target_bytes)``; call with mixing weights or an :class:`ArchParams`.
+    """``weight * f(S / target_bytes)``; call with mixing weights or an :class:`ArchParams`.
 
-    ``source`` (used when called with an ArchParams): ``"probs"`` = softmax of the logits (the true
-    expectation, deterministic; default) or ``"sample"`` = the weights of the last forward pass (FBNet).
-    Returns ``(penalty, expected_bytes)``, both 0-dim tensors (float32 penalty, float64 bytes).
+    ``source`` (used when called with an ArchParams; see the module docstring): ``"probs"`` (default),
+    ``"sample"`` or ``"argmax"``. ``band = (low, high)``: the zero band of ``kind="band"``, as fractions of
+    the target. Returns ``(penalty, size_bytes)``, both 0-dim tensors (float32 penalty, float64 bytes).
     """
 
     def __init__(self, table: SizeTable, target_bytes: float, kind: str = "hinge", weight: float = 1.0,
-                 source: str = "probs"):
+                 source: str = "probs", band: Tuple[float, float] = (0.9, 1.0)):
         if kind not in PENALTY_KINDS:
             raise ValueError(f"unknown penalty kind {kind!r}; choose one of {PENALTY_KINDS}")
-        if target_bytes <= 0:
-            raise ValueError("target_bytes must be > 0")
-        if source not in ("probs", "sample"):
-            raise ValueError(f"unknown source {source!r}")
+        if not (math.isfinite(float(target_bytes)) and target_bytes > 0):
+            raise ValueError(f"target_bytes must be finite and > 0, got {target_bytes}")
+        if source not in PENALTY_SOURCES:
+            raise ValueError(f"unknown source {source!r}; choose one of {PENALTY_SOURCES}")
+        low, high = (float(x) for x in band)
+        if not (0.0 < low <= high):
+            raise ValueError(f"band must satisfy 0 < low <= high, got {band}")
         self.table, self.target_bytes, self.kind = table, float(target_bytes), kind
-        self.weight, self.source = float(weight), source
+        self.weight, self.source, self.band = float(weight), source, (low, high)
 
     def __call__(self, weights: Union[Weights, ArchParams]) -> Tuple[torch.Tensor, torch.Tensor]:
         if isinstance(weights, ArchParams):
             if self.source == "sample" and weights.last is not None:
                 weights = weights.last
+            elif self.source == "argmax":
+                weights = weights.sample("argmax")
             else:
                 weights = weights.probs()
-        expected = self.table.expected(weights)
-        ratio = expected / self.target_bytes
+        size = self.table.expected(weights)
+        ratio = size / self.target_bytes
         if self.kind == "linear":
             f = ratio
         elif self.kind == "log":
             f = torch.log(ratio)
-        else:
+        elif self.kind == "hinge":
             f = torch.clamp(ratio - 1.0, min=0.0)
-        return (self.weight * f).to(torch.float32), expected
+        else:
+            low, high = self.band
+            f = torch.clamp(ratio - high, min=0.0) + torch.clamp(low - ratio, min=0.0)
+        return (self.weight * f).to(torch.float32), size
 
     def __repr__(self) -> str:
         return (f"SizePenalty(kind={self.kind}, weight={self.weight}, target_bytes={self.target_bytes:.0f}, "
-                f"source={self.source})")
+                f"source={self.source}, band={self.band})")
 
 
 def size_table_from_cost_model(cfg, layers: Sequence[LayerChoices]) -> SizeTable:

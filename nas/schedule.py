@@ -47,3 +47,25 @@ class TemperatureSchedule:
         if self.kind == "linear":
             return float(self.start + (self.end - self.start) * frac)
         return float(self.start * (self.end / self.start) ** frac)
+
+
+@dataclass
+class RampSchedule:
+    """``0`` before ``start``, rising linearly to ``value`` at ``end`` and constant afterwards (the
+    weight of the search's entropy term: nothing while the architecture explores, full at the end)."""
+
+    value: float = 0.0
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self):
+        if self.end < self.start:
+            raise ValueError(f"ramp end ({self.end}) before its start ({self.start})")
+
+    def __call__(self, t: float) -> float:
+        t = float(t)
+        if t <= self.start:
+            return 0.0
+        if t >= self.end or self.end == self.start:
+            return float(self.value)
+        return float(self.value) * (t - self.start) / (self.end - self.start)

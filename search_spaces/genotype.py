@@ -123,8 +123,8 @@ class Genotype:
         for i, (l, s) in enumerate(zip(self.layers, space.layers)):
             if l.name != s.name:
                 raise GenotypeError(f"layers[{i}].name: {l.name!r}, expected {s.name!r}")
-            if l.bits not in s.bits:
-                raise GenotypeError(f"layer {l.name}: bits {l.bits} not in choices {list(s.bits)}")
+            if l.bits not in s.bits and l.bits != 32:  # 32 (float) is always allowed: the fp32 reference
+                raise GenotypeError(f"layer {l.name}: bits {l.bits} not in choices {list(s.bits)} (or 32, float)")
             if s.has_bottleneck:
                 if l.bottleneck not in s.bottlenecks:
                     raise GenotypeError(f"layer {l.name}: bottleneck {l.bottleneck} not in choices "

@@ -12,7 +12,8 @@ File format::
         tdnnf3: {bottleneck: [48, 64]}
 
 Layers: ``tdnn1``, ``tdnnf1..N`` (bits shared by both factors + a bottleneck choice), ``prefinal``,
-``output`` (bits only). Bit choices are a non-empty subset of {1, 2, 4, 8, 32}; bottleneck choices are
+``output`` (bits only). Bit choices are a non-empty subset of {1, 2, 4, 8, 32} (a genotype may put any layer at
+32, float, whatever its choices: the fp32 reference); bottleneck choices are
 strictly ascending positive ints <= the layer's hidden dim. A TDNN-F layer without bottleneck choices
 keeps the network's ``bottleneck_dims`` entry as its only choice. The base network's bottleneck dims become
 the largest choice of each layer (the supernet's max rank). Errors are ``SearchSpaceError`` naming the field.

@@ -18,6 +18,7 @@ any prefix of rows of a row-orthonormal matrix is row-orthonormal, so every cand
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -115,6 +116,10 @@ class SuperNet(TDNNF):
         self._skip: Optional[list] = None
         self._frozen: Optional[list] = None
         self.freeze_unsampled = True  # hard samples: no autograd through zero-valued candidates (same grads)
+        # False: forward passes treat the sampled mixing weights as constants (no gradient to the logits),
+        # so a hard sample computes only the sampled subnet -- the weight step of a bi-level search,
+        # whose logits are updated on held-out data instead (see arch_gradients)
+        self.arch_grad = True
         self.space = None  # the search_spaces.SearchSpace when built by from_space
         self._table: Optional[SizeTable] = None
 
@@ -187,10 +192,21 @@ class SuperNet(TDNNF):
             return mix_bits(w, layer.bits, wb, pc, sc, sb, q, fb)
         return mix_rank_rows(w, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q, fd, fb)
 
+    @contextlib.contextmanager
+    def arch_gradients(self, enabled: bool = True):
+        """Temporarily set :attr:`arch_grad` (e.g. for the architecture step of a bi-level search)."""
+        old, self.arch_grad = self.arch_grad, bool(enabled)
+        try:
+            yield self
+        finally:
+            self.arch_grad = old
+
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, ivectors: Optional[torch.Tensor] = None):
         self._cur = self.arch()
+        if not self.arch_grad:
+            self._cur = [(wb.detach(), wd.detach()) for wb, wd in self._cur]
         self._skip = self._frozen = None
-        if self.arch.is_fixed or not torch.is_grad_enabled():
+        if self.arch.is_fixed or not torch.is_grad_enabled() or not self.arch_grad:
             # constant weights: skip the candidates whose weight is exactly 0
             self._skip = [(_zeros(wb), _zeros(wd)) for wb, wd in self._cur]
         elif self.freeze_unsampled and self.training and self.arch.hard and self.arch.train_sampling == "gumbel":

@@ -106,3 +106,14 @@ def test_dequantize_rejects_out_of_range_codes():
         dequantize(torch.tensor([[8, 0]], dtype=torch.int8), torch.tensor([1.0]), 4)
     with pytest.raises(ValueError, match="1-bit"):
         dequantize(torch.tensor([[0, 1]], dtype=torch.int8), torch.tensor([1.0]), 1)
+
+
+def test_two_bit_beats_one_bit_and_error_falls_with_bits():
+    """With MSE-optimal clipping the ternary 2-bit quantizer is better than the 1-bit sign quantizer
+    (max-abs ternary is worse than 1 bit: most weights round to 0); the error falls with the bits."""
+    g = torch.Generator().manual_seed(0)
+    for w in (torch.randn(64, 200, generator=g), torch.randn(64, 200, generator=g) ** 3):  # Gaussian, heavy-tailed
+        err = {b: float(((fake_quant(w, b, True, "mse") - w) ** 2).sum() / (w ** 2).sum()) for b in (1, 2, 4, 8)}
+        assert err[1] > err[2] > err[4] > err[8]
+    w = torch.randn(64, 200, generator=g)
+    assert float(((fake_quant(w, 2, True, "maxabs") - w) ** 2).sum()) > float(((fake_quant(w, 1) - w) ** 2).sum())

@@ -199,3 +199,35 @@ def test_hard_sampling_shortcut_keeps_every_gradient():
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5), n
     assert any(float(g.abs().sum()) > 0 for n, g in grads[1].items() if n.startswith("arch."))
+
+
+@pytest.mark.parametrize("arch_grad", [True, False])
+def test_hard_sample_computes_exactly_the_sampled_subnet(arch_grad):
+    """Train mode, hard straight-through Gumbel samples: the supernet's output is the output of the
+    standalone subnet of the sampled choices (BatchNorm on batch statistics, as in training). The sample
+    is exactly one-hot; outputs agree to float rounding (a zero-padded rank-d matmul sums in another
+    order than the sliced one)."""
+    space = small_space(True, "mse")
+    torch.manual_seed(0)
+    net = randomize_(SuperNet.from_space(space, hard=True)).train()
+    net.arch.generator = torch.Generator().manual_seed(3)
+    net.arch_grad = arch_grad
+    x, L = batch()
+    seen = set()
+    for _ in range(6):
+        out = net(x, L)[0]
+        sample = net.arch.last
+        choices = []
+        for l, (wb, wd) in zip(net.choices, sample):
+            assert sorted(wb.tolist()) == [0.0] * (len(wb) - 1) + [1.0]  # exactly one-hot
+            choices.append((l.bits[int(wb.argmax())], l.dims[int(wd.argmax())]))
+        seen.add(tuple(choices))
+        sub = net.export_subnet(choices).train()
+        assert torch.allclose(out, sub(x, L)[0], atol=1e-5, rtol=1e-5)
+        if arch_grad:
+            out.sum().backward()  # the logits get a gradient through the straight-through sample
+            assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.arch_parameters())
+            net.zero_grad()
+        else:
+            assert not out.requires_grad or all(p.grad is None for p in net.arch_parameters())
+    assert len(seen) > 1

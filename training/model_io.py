@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 
 from training import checkpoint as ckpt
 from training.data import Cmvn
+
+log = logging.getLogger(__name__)
 
 
 def save_model_file(model, path, cmvn: Optional[Cmvn] = None) -> None:
@@ -50,3 +53,23 @@ def load_model_file(path, device="cpu"):
         raise RuntimeError(f"{p}: weights do not match the recorded architecture: {e}") from e
     model.cmvn = Cmvn(obj["cmvn_mean"], obj["cmvn_std"]) if "cmvn_mean" in obj else None
     return model.to(device)
+
+
+def init_from(model, path, order: str = "pca") -> None:
+    """Start ``model`` (a TDNN-F or supernet) from the float weights of the model file ``path``.
+
+    The source's bottleneck units are first ordered by importance (``models.bottleneck_order``, a
+    function-preserving rotation or permutation; ``order="none"`` skips it), then a smaller bottleneck
+    keeps the first units (``models.tdnnf.copy_weights_to_bottlenecks``): a low-rank network starts from
+    the best rank-d part of each layer instead of an arbitrary half of its units."""
+    from models.bottleneck_order import order_bottlenecks_
+    from models.tdnnf import copy_weights_to_bottlenecks
+
+    src = load_model_file(path)
+    order_bottlenecks_(src, order)
+    try:
+        copied, sliced = copy_weights_to_bottlenecks(model, src.state_dict())
+    except (KeyError, ValueError) as e:
+        raise RuntimeError(f"--init-from {path}: {e.args[0]}") from None
+    log.info("initialised from %s (bottlenecks ordered: %s; %d tensors copied, %d sliced to smaller bottlenecks)",
+             path, order, copied, sliced)

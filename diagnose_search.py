@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Diagnostics that say whether the search sees anything (each writes a JSON file and prints a table).
+
+    python diagnose_search.py quant-error --model exp/demo/fp32/model.pt --space tdnnf_demo --out q.json
+        relative weight error ||Q_b(W) - W||^2 / ||W||^2 per bit-width and scale mode, per genotype layer
+        and over the whole model (it must fall with the bit-width);
+    python diagnose_search.py slicing --model exp/demo/fp32/model.pt --data-dir data/synth_demo --out s.json
+        dev LF-MMI objective of the fp32 model sliced to smaller bottlenecks (every TDNN-F layer at d),
+        with its bottleneck units unordered, permuted by energy and PCA-rotated (models.bottleneck_order);
+    python diagnose_search.py ranking --search exp/search_nopen --sensitivity kl.sensitivity.json --out r.json
+        Spearman correlation between the per-layer preference for low bits of a search run without the
+        size penalty and a KL/Hessian sensitivity ranking (does the search's task signal see what KL sees?).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("diagnose_search")
+
+
+def quant_error(args) -> dict:
+    from quant.quantizers import SCALE_MODES, fake_quant
+    from search_spaces.space import load_search_space
+    from training.model_io import load_model_file
+
+    model = load_model_file(args.model)
+    space = load_search_space(args.space, num_pdfs=model.cfg.num_pdfs)
+    params = model.weight_params(include_xent=False)
+    bits_list = [1, 2, 4, 8]
+    out = {"model": str(args.model), "bits": bits_list, "per_layer": {}, "total": {}}
+    for mode in SCALE_MODES:
+        num = {b: 0.0 for b in bits_list}
+        den = 0.0
+        for l in space.layers:
+            row = {}
+            ln = {b: 0.0 for b in bits_list}
+            ld = 0.0
+            for w in l.weights:
+                W = params[w].detach()
+                ld += float(W.square().sum())
+                for b in bits_list:
+                    ln[b] += float((fake_quant(W, b, model.cfg.quant_per_channel, mode) - W).square().sum())
+            for b in bits_list:
+                row[b] = ln[b] / ld
+                num[b] += ln[b]
+            den += ld
+            out["per_layer"].setdefault(l.name, {})[mode] = row
+        out["total"][mode] = {b: num[b] / den for b in bits_list}
+    print("relative squared weight error (whole model):")
+    print("scale    " + "  ".join(f"{b:>2d}-bit  " for b in bits_list))
+    for mode, row in out["total"].items():
+        print(f"{mode:8s} " + "  ".join(f"{row[b]:.5f}" for b in bits_list))
+    out["monotone"] = {m: all(r[a] > r[b] for a, b in zip(bits_list, bits_list[1:])) for m, r in out["total"].items()}
+    return out
+
+
+def slicing(args) -> dict:
+    import copy
+
+    from models.bottleneck_order import order_bottlenecks_
+    from models.tdnnf import TDNNF, copy_weights_to_bottlenecks
+    from training.evaluate import Evaluator
+    from training.experiment import load_corpus, load_sections
+    from training.model_io import load_model_file
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    corpus = load_corpus(args.data_dir)
+    cfg = load_sections(args.config, ("train", "lfmmi", "quant")) if args.config else {}
+    ev = Evaluator(corpus, cfg.get("lfmmi"))
+    src = load_model_file(args.model)
+    out = {"model": str(args.model), "split": args.split, "full": ev.objf(src, args.split)["objf_per_frame"],
+           "sliced": {}}
+    print(f"full rank: dev objf/frame {out['full']:.4f}")
+    for method in ("none", "energy", "pca"):
+        ordered = copy.deepcopy(src)
+        order_bottlenecks_(ordered, method)
+        for d in args.dims:
+            net = TDNNF(src.cfg.replace(bottleneck_dims=[min(d, r) for r in src.cfg.bottleneck_dims]))
+            copy_weights_to_bottlenecks(net, ordered.state_dict())
+            v = ev.objf(net, args.split)["objf_per_frame"]
+            out["sliced"].setdefault(method, {})[d] = v
+            print(f"order {method:6s} bottleneck {d:3d}: {args.split} objf/frame {v:.4f}")
+    return out
+
+
+def _ranks(x) -> "np.ndarray":
+    """Average ranks (1-based; ties share their mean rank)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        m = x == v
+        r[m] = r[m].mean()
+    return r
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); NaN when either side is constant."""
+    import numpy as np
+
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def ranking(args) -> dict:
+    g = json.loads((Path(args.search) / "arch_probs.json").read_text())
+    sens = json.loads(Path(args.sensitivity).read_text())
+    table = sens.get("sensitivity", sens)
+    layers = [l for l in g["layers"] if l["name"] in table]
+    # preference for low bits: the probability mass below the layer's highest candidate, weighted by
+    # how much lower (1 - bits/max): high = the search would cut this layer's precision
+    pref, cost = [], []
+    for l in layers:
+        bits = [int(b) for b in l["bits"]]
+        hi = max(bits)
+        pref.append(sum(p * (1 - b / hi) for b, p in zip(bits, l["bit_probs"])))
+        row = {int(b): float(v) for b, v in table[l["name"]].items()}
+        lo = min(row)
+        cost.append(row[lo])  # sensitivity of the layer at its lowest bit-width
+    rho = spearman(pref, [-c for c in cost])
+    out = {"layers": [l["name"] for l in layers], "search_low_bit_preference": pref,
+           "sensitivity_at_lowest_bits": cost, "spearman": rho}
+    print(f"Spearman(search preference for low bits, -sensitivity at lowest bits) = {rho:.3f} "
+          f"over {len(layers)} layers")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quant-error", help="relative weight error per bit-width")
+    q.add_argument("--model", required=True)
+    q.add_argument("--space", default="tdnnf_demo")
+    s = sub.add_parser("slicing", help="dev objective of the fp32 model sliced to smaller bottlenecks")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--config", default=None, help="YAML with an lfmmi section (default: built-in defaults)")
+    s.add_argument("--split", default="dev")
+    s.add_argument("--dims", type=int, nargs="+", default=[32, 48])
+    r = sub.add_parser("ranking", help="penalty-free search vs a sensitivity ranking")
+    r.add_argument("--search", required=True, help="train_search.py output dir (arch_probs.json)")
+    r.add_argument("--sensitivity", required=True, help="*.sensitivity.json of mixed_precision.py")
+    for x in (q, s, r):
+        x.add_argument("--out", required=True, help="JSON result")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    res = {"quant-error": quant_error, "slicing": slicing, "ranking": ranking}[args.cmd](args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
