@@ -9,7 +9,13 @@
         with its bottleneck units unordered, permuted by energy and PCA-rotated (models.bottleneck_order);
     python diagnose_search.py ranking --search exp/search_nopen --sensitivity kl.sensitivity.json --out r.json
         Spearman correlation between the per-layer preference for low bits of a search run without the
-        size penalty and a KL/Hessian sensitivity ranking (does the search's task signal see what KL sees?).
+        size penalty and a KL/Hessian sensitivity ranking (does the search's task signal see what KL sees?);
+    python diagnose_search.py oneshot --search exp/paper_demo/nas_r8/search --data-dir data/synth_demo \
+            --systems exp/paper_demo/* --out o.json
+        for every finished system (genotype.json + decode_dev/wer.json): the dev LF-MMI objective of its
+        subnet with the supernet's inherited weights (BatchNorm statistics recalibrated on training
+        batches) against its retrained dev WER; Kendall's tau and Spearman's rho between the two rankings
+        (does the supernet rank architectures the way retraining does?).
 """
 from __future__ import annotations
 
@@ -136,6 +142,87 @@ def ranking(args) -> dict:
     return out
 
 
+def kendall_tau(a, b) -> float:
+    """Kendall's tau-b between two sequences (ties handled as in tau-b); NaN when undefined."""
+    import math
+
+    n = len(a)
+    conc = disc = ta = tb = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ta += 1
+            elif db == 0:
+                tb += 1
+            elif (da > 0) == (db > 0):
+                conc += 1
+            else:
+                disc += 1
+    den = math.sqrt((conc + disc + ta) * (conc + disc + tb))
+    return (conc - disc) / den if den > 0 else float("nan")
+
+
+def oneshot(args) -> dict:
+    from search_spaces.genotype import Genotype
+    from search_spaces.space import load_search_space
+    from supernet.network import SuperNet
+    from training import checkpoint as ckpt
+    from training.evaluate import Evaluator
+    from training.experiment import load_corpus, load_sections, make_batches
+
+    corpus = load_corpus(args.data_dir)
+    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "search")) if args.config else {}
+    ev = Evaluator(corpus, cfg.get("lfmmi"))
+    sdir = Path(args.search)
+    scfg = json.loads((sdir / "search_config.json").read_text())
+    space = load_search_space(scfg["space"], num_pdfs=corpus.num_pdfs)
+    if not scfg.get("bottleneck_search", True):
+        space = space.bits_only()
+    sup = SuperNet.from_space(space, corpus.num_pdfs)
+    sup.load_state_dict(ckpt.load(sdir / "checkpoint.pt")["model"])
+    calib = make_batches(corpus.cuts("train"), corpus, 300.0, True, 0)
+    rows, skipped = [], []
+    for d in sorted(Path(p) for p in args.systems):
+        gf, wf = d / "genotype.json", d / "decode_dev" / "wer.json"
+        if not (gf.is_file() and wf.is_file()):
+            continue
+        try:
+            g = Genotype.load(str(gf), space)
+            net = sup.export_subnet(g)
+        except Exception as e:  # a genotype outside this supernet's space (e.g. bits-only vs low-rank)
+            skipped.append({"system": d.name, "reason": str(e)})
+            continue
+        if all(l.bits == 32 for l in g.layers):
+            continue
+        for m in net.modules():  # recalibrate BatchNorm: cumulative statistics of this subnet
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.reset_running_stats()
+                m.momentum = None
+        net.train()
+        net.dropout_p = 0.0
+        with torch.no_grad():
+            for i, b in enumerate(calib.epoch(0)):
+                if i >= args.bn_batches:
+                    break
+                net(b["feats"], b["lengths"])
+        objf = ev.objf(net, "dev")["objf_per_frame"]
+        wer = float(json.loads(wf.read_text())["wer"])
+        rows.append({"system": d.name, "inherited_dev_objf": objf, "retrained_dev_wer": wer,
+                     "bytes": g.size_bytes(space)})
+        print(f"{d.name:16s} {rows[-1]['bytes']:>9,d} bytes  inherited dev objf {objf:8.4f}  "
+              f"retrained dev WER {wer:6.2f}")
+    loss = [-r["inherited_dev_objf"] for r in rows]
+    wer = [r["retrained_dev_wer"] for r in rows]
+    out = {"search": str(sdir), "bn_batches": args.bn_batches, "systems": rows, "skipped": skipped,
+           "kendall_tau": kendall_tau(loss, wer), "spearman": spearman(loss, wer)}
+    print(f"{len(rows)} genotypes: Kendall tau {out['kendall_tau']:.3f}, Spearman {out['spearman']:.3f} "
+          f"(inherited-weight dev loss vs retrained dev WER; 1 = same ranking)")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -151,11 +238,17 @@ def main(argv=None) -> int:
     r = sub.add_parser("ranking", help="penalty-free search vs a sensitivity ranking")
     r.add_argument("--search", required=True, help="train_search.py output dir (arch_probs.json)")
     r.add_argument("--sensitivity", required=True, help="*.sensitivity.json of mixed_precision.py")
-    for x in (q, s, r):
+    o = sub.add_parser("oneshot", help="inherited-weight dev loss vs retrained dev WER")
+    o.add_argument("--search", required=True, help="train_search.py output dir (checkpoint.pt)")
+    o.add_argument("--data-dir", required=True)
+    o.add_argument("--config", default=None, help="YAML with an lfmmi section")
+    o.add_argument("--systems", nargs="+", required=True, help="system dirs of run_experiments.py")
+    o.add_argument("--bn-batches", type=int, default=8, help="training batches for BatchNorm recalibration")
+    for x in (q, s, r, o):
         x.add_argument("--out", required=True, help="JSON result")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    res = {"quant-error": quant_error, "slicing": slicing, "ranking": ranking}[args.cmd](args)
+    res = {"quant-error": quant_error, "slicing": slicing, "ranking": ranking, "oneshot": oneshot}[args.cmd](args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     return 0

@@ -138,6 +138,8 @@ def parse_args(argv=None):
                    help="order the --init-from model's bottleneck units by importance first (default: %(default)s)")
     p.add_argument("--no-bottleneck-search", action="store_true", help="search bits only (max dims)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
+    p.add_argument("--penalty-weight", type=float, default=None,
+                   help="override search.penalty_weight (0: no size penalty, a diagnostic of the task signal)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
@@ -145,14 +147,6 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
-
-
-def restrict_bottlenecks(space):
-    """A copy of ``space`` whose layers keep only their largest bottleneck (bit search only)."""
-    from dataclasses import replace
-
-    layers = [replace(l, bottlenecks=(max(l.bottlenecks),)) if l.has_bottleneck else l for l in space.layers]
-    return type(space)(space.name, space.network, layers, space.description, space.path)
 
 
 def main(argv=None):
@@ -170,11 +164,13 @@ def main(argv=None):
     sopts = search_options(cfg.get("search"))
     if args.mode:
         sopts["mode"] = args.mode
+    if args.penalty_weight is not None:
+        sopts = search_options({**sopts, "penalty_weight": args.penalty_weight})
     for k in ("seed", "epochs", "max_steps"):
         if getattr(args, k) is not None:
             setattr(topts, k, getattr(args, k))
     dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
-    search_space = restrict_bottlenecks(space) if args.no_bottleneck_search else space
+    search_space = space.bits_only() if args.no_bottleneck_search else space
     net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
                               hard=bool(sopts["hard"]))
     if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):

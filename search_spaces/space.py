@@ -68,6 +68,13 @@ class SearchSpace:
         return SearchSpace(self.name, self.network.replace(num_pdfs=int(num_pdfs)), list(self.layers),
                            self.description, self.path)
 
+    def bits_only(self) -> "SearchSpace":
+        """A copy whose layers keep only their largest bottleneck (a search over bit-widths alone)."""
+        from dataclasses import replace
+
+        layers = [replace(l, bottlenecks=(max(l.bottlenecks),)) if l.has_bottleneck else l for l in self.layers]
+        return SearchSpace(self.name, self.network, layers, self.description, self.path)
+
     def size_table(self) -> Dict[str, Dict[int, Dict[int, float]]]:
         """cost_model.size_table for every choice: ``table[layer][bits][dim]`` bytes (dim 0 = n/a)."""
         from quant.cost_model import size_table

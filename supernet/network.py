@@ -243,8 +243,8 @@ class SuperNet(TDNNF):
             genotype = [by_name[l.name] for l in self.choices]
         out = []
         for l, (b, d) in zip(self.choices, genotype):
-            if b not in l.bits:
-                raise ValueError(f"layer {l.name}: bits {b} not among the candidates {l.bits}")
+            if b not in l.bits and b != 32:  # 32 (float) is always a valid standalone layer
+                raise ValueError(f"layer {l.name}: bits {b} not among the candidates {l.bits} (or 32)")
             if l.dims == (None,):
                 d = None
             elif d not in l.dims:

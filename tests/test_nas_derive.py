@@ -44,11 +44,13 @@ def test_probability_matrices_and_image():
     space, arch = demo_arch()
     m = probability_matrices(arch)
     L = len(arch.layers)
-    assert m["bits"].shape == (L, 5) and m["dims"].shape == (L, 3) and m["dim_labels"] == [32, 48, 64]
+    nb = len(space.layers[0].bits)  # the space's own choice counts
+    dims = list(space.layers[1].bottlenecks)
+    assert m["bits"].shape == (L, nb) and m["dims"].shape == (L, len(dims)) and m["dim_labels"] == dims
     assert np.allclose(np.nansum(m["bits"], 1), 1.0, atol=1e-5)
     assert np.isnan(m["dims"][0]).all() and np.allclose(m["dims"][1].sum(), 1.0, atol=1e-5)
     img = render_prob_image(m["bits"], cell=4)
-    assert img.shape == (3, L * 4 + 1, 5 * 4 + 1) and img.dtype == torch.float32
+    assert img.shape == (3, L * 4 + 1, nb * 4 + 1) and img.dtype == torch.float32
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
     one = render_prob_image(np.array([[1.0, 0.0]]), cell=4)
     assert one[:, 2, 2].sum() < one[:, 2, 6].sum()  # p=1 is darker than p=0
