@@ -89,6 +89,37 @@ def render_prob_image(matrix: np.ndarray, cell: int = 12) -> torch.Tensor:
     return torch.from_numpy(img)
 
 
+def prob_heatmap_figure(matrix: np.ndarray, layers, labels, title: str):
+    """A labelled layer x choice heatmap (matplotlib Figure): the probability in every cell, the argmax
+    of each layer outlined, layer names and choice labels on the axes; NaN (a choice the layer lacks)
+    left blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    m = np.asarray(matrix, dtype=np.float32)
+    L, C = m.shape
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * C, 0.8 + 0.38 * L), dpi=100)
+    ax.imshow(np.ma.masked_invalid(m), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(L):
+        row = m[i]
+        if not np.isfinite(row).any():
+            continue
+        j_max = int(np.nanargmax(row))
+        for j in range(C):
+            if np.isfinite(row[j]):
+                ax.text(j, i, f"{row[j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if row[j] > 0.6 else "black")
+        ax.add_patch(Rectangle((j_max - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    ax.set_xticks(range(C), [str(x) for x in labels])
+    ax.set_yticks(range(L), list(layers))
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def log_arch_tensorboard(writer, arch: ArchParams, step: int, table: Optional[SizeTable] = None,
                          prefix: str = "arch", target_bytes: Optional[float] = None) -> Dict[str, float]:
     """Write per-layer probabilities (``{prefix}/bits/<layer>/<b>``, ``{prefix}/dim/<layer>/<d>``), the
@@ -127,6 +158,14 @@ def log_arch_tensorboard(writer, arch: ArchParams, step: int, table: Optional[Si
         writer.add_image(f"{prefix}/bits_matrix", render_prob_image(mats["bits"]), step, dataformats="CHW")
         if mats["dim_labels"]:
             writer.add_image(f"{prefix}/dims_matrix", render_prob_image(mats["dims"]), step, dataformats="CHW")
+        if hasattr(writer, "add_figure"):  # labelled heatmaps (red box: the argmax that would be derived)
+            writer.add_figure(f"{prefix}/bits_heatmap", prob_heatmap_figure(
+                mats["bits"], mats["layers"], mats["bit_labels"], f"bit-width probabilities, step {step}"), step)
+            if mats["dim_labels"]:
+                keep = [i for i, l in enumerate(arch.layers) if l.dims != (None,)]
+                writer.add_figure(f"{prefix}/dims_heatmap", prob_heatmap_figure(
+                    mats["dims"][keep], [mats["layers"][i] for i in keep], mats["dim_labels"],
+                    f"bottleneck probabilities, step {step}"), step)
     return scalars
 
 

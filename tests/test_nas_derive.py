@@ -77,3 +77,20 @@ def test_tensorboard_logging():
     assert w.scalars["arch/expected_mb"][1] == 5 and out["arch/argmax_mb"] > 0
     assert set(w.images) == {"arch/bits_matrix", "arch/dims_matrix"}
     json.dumps(out)
+
+
+def test_heatmap_figure_is_labelled_and_marks_the_argmax():
+    space, arch = demo_arch()
+    m = probability_matrices(arch)
+    from nas.derive import prob_heatmap_figure
+
+    fig = prob_heatmap_figure(m["bits"], m["layers"], m["bit_labels"], "t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == m["layers"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(b) for b in m["bit_labels"]]
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == int(np.isfinite(m["bits"]).sum())  # one number per cell
+    boxes = [p for p in ax.patches]
+    assert len(boxes) == len(m["layers"])
+    for i, b in enumerate(boxes):  # the outlined cell is the layer's most probable choice
+        assert b.get_xy()[0] + 0.5 == int(np.nanargmax(m["bits"][i]))
