@@ -33,7 +33,7 @@ PY = sys.executable
 KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
-               "finetune_from_fp32", "quant_trainer"}
+               "finetune_from_fp32", "quant_trainer", "reference"}
 
 
 def load_config(path) -> Dict[str, Any]:
@@ -231,17 +231,21 @@ class Runner:
         for split in self.splits:
             w = json.load(open(d / f"decode_{split}" / "wer.json"))
             r[f"wer_{split}"] = w["wer"]  # percent
-            r[f"p_{split}"], r[f"p_boot_{split}"], r[f"delta_{split}"] = self.significance(s["name"], split)
+            r[f"p_{split}"], r[f"p_boot_{split}"], r[f"delta_{split}"] = self.significance(
+                s["name"], split, s.get("reference"))
+        r["reference"] = s.get("reference", self.reference)
         return r
 
-    def significance(self, name: str, split: str):
-        """(MAPSSWE p, paired-bootstrap p, WER change in points) of ``name`` against the reference system
-        on ``split``; Nones for the reference itself or while the reference is not decoded."""
+    def significance(self, name: str, split: str, reference: Optional[str] = None):
+        """(MAPSSWE p, paired-bootstrap p, WER change in points) of ``name`` against ``reference`` (default:
+        the experiment's reference system) on ``split``; Nones for the reference itself or while the
+        reference is not decoded."""
         from decoding.significance import compare_systems
         from decoding.wer import corpus_wer, read_text_file
 
-        ref_dir = self.sys_dir(self.reference) / f"decode_{split}"
-        if name == self.reference or not (ref_dir / "hyps.txt").is_file():
+        reference = reference or self.reference
+        ref_dir = self.sys_dir(reference) / f"decode_{split}"
+        if name == reference or not (ref_dir / "hyps.txt").is_file():
             return None, None, None
         d = self.sys_dir(name) / f"decode_{split}"
         refs = read_text_file(str(d / "refs.txt"))
@@ -271,7 +275,8 @@ class Runner:
                 if r.get(f"p_{sp}") is None:
                     cells.append("-")
                 else:
-                    cells.append(f"{r[f'delta_{sp}']:+.2f} (p={r[f'p_{sp}']:.3f})")
+                    other = "" if r["reference"] == self.reference else f"; vs {r['reference']}"
+                    cells.append(f"{r[f'delta_{sp}']:+.2f} (p={r[f'p_{sp}']:.3f}{other})")
             lines.append("| " + " | ".join(cells) + " |")
         (self.out / "results.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))

@@ -1,0 +1,49 @@
+"""Experiment configs: unknown system keys are refused; genotype_from copies another system's genotype;
+a per-system reference changes what the WER change is tested against."""
+import json
+from pathlib import Path
+
+import pytest
+
+import run_experiments as rx
+
+
+def write(tmp_path, systems):
+    p = tmp_path / "exp.yaml"
+    p.write_text(json.dumps({"data_dir": "d", "systems": systems}))  # JSON is YAML
+    return p
+
+
+def test_unknown_system_key_is_refused(tmp_path):
+    p = write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4,
+                                                              "retrain_confg": "x.yaml"}])
+    with pytest.raises(ValueError, match="u4: unknown key\\(s\\) \\['retrain_confg'\\]"):
+        rx.load_config(p)
+
+
+def test_genotype_from_copies_the_genotype(tmp_path):
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                          {"name": "kl", "kind": "kl", "budget_ratio": 8},
+                                          {"name": "kl_e3", "kind": "kl", "budget_ratio": 8, "genotype_from": "kl"}]))
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    with pytest.raises(RuntimeError, match="genotype_from 'kl' has no genotype yet"):
+        runner.genotype(cfg["systems"][2])
+    (tmp_path / "exp" / "kl").mkdir(parents=True)
+    (tmp_path / "exp" / "kl" / "genotype_in.json").write_text('{"version": 1}')
+    g = runner.genotype(cfg["systems"][2])
+    assert g == tmp_path / "exp" / "kl_e3" / "genotype_in.json" and g.read_text() == '{"version": 1}'
+
+
+def test_per_system_reference(tmp_path):
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "a", "kind": "fp32"},
+                                          {"name": "b", "kind": "fp32", "reference": "a"}]))
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    refs = ["A B C D", "E F G H", "I J"]
+    hyps = {"fp32": refs, "a": ["A B C X", "E F G H", "I J"], "b": ["A B C X", "E F G H", "I J"]}
+    for name, h in hyps.items():
+        d = tmp_path / "exp" / name / "decode_dev"
+        d.mkdir(parents=True)
+        (d / "refs.txt").write_text("".join(f"u{i} {r}\n" for i, r in enumerate(refs)))
+        (d / "hyps.txt").write_text("".join(f"u{i} {x}\n" for i, x in enumerate(h)))
+    assert runner.significance("b", "dev", "a")[2] == pytest.approx(0.0)  # same hyps as its reference
+    assert runner.significance("b", "dev")[2] == pytest.approx(10.0)       # 1 error in 10 words vs fp32
