@@ -7,13 +7,15 @@ model-size penalty; writes ``genotype.json`` (argmax architecture) for ``retrain
     python train_search.py ... --resume                # continue a killed search exactly
     torchrun --nproc_per_node 2 train_search.py ...    # DistributedDataParallel
 
-Weights train on the training split; with ``mode: bilevel`` (default, first-order DARTS) the
-architecture logits are updated by Adam on a held-out split of the training recordings plus the size
-penalty; ``mode: single`` updates both from the same batch (EdMIPS). The temperature anneals from
-``tau_start`` to ``tau_end``; the architecture is frozen for ``warmup_epochs``. Each epoch writes
-``genotype_epochN.json`` and ``genotype.json``; TensorBoard (``tb/``) shows per-layer probabilities of
-every bit-width and dimension, the layer x choice matrices as images, expected size, tau, LF-MMI and
-penalty terms and the semi-orthogonality error.
+Weights train on the training split, one hard-sampled subnet per step; with ``mode: bilevel``
+(default, first-order DARTS) the architecture logits are updated on a held-out split of the training
+recordings by the task loss of a fresh hard sample, a two-sided band penalty on the argmax size and an
+entropy term that ramps up after the warm-up (``docs/SEARCH.md``); ``mode: single`` updates both from
+the same batch (EdMIPS). The architecture is frozen for ``warmup_epochs``. Each epoch writes
+``genotype_epochN.json``, ``genotype.json`` and ``arch_probs.json``; TensorBoard (``tb/``) shows
+per-layer probabilities and entropies of every bit-width and dimension, labelled layer x choice
+heatmaps, argmax / expected / target size, tau, LF-MMI and penalty terms and the semi-orthogonality
+error.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@
                       hooks=[hook], params=net.weight_parameters())
     trainer.fit(resume=args.resume)       # writes out_dir/genotype.json at every epoch end
 
-Per weight step (``after_optimizer_step``): the temperature is set from the schedule at the fractional
-epoch; after the warm-up, bi-level mode takes one architect step on the next held-out batch
+Per weight step (``after_optimizer_step``): the temperature (and, with ``entropy_schedule``, the
+architect's entropy weight) is set from the schedule at the fractional epoch; after the warm-up, bi-level mode takes one architect step on the next held-out batch
 (``arch_batches``, a ``training.data.ResumableBatches`` walked in order, epoch after epoch, resumable),
 single-level mode steps the logits with the gradients of the trainer's own backward (the penalty is added
 to the trainer's loss by ``extra_loss``). Every ``log_every`` steps: per-layer probabilities, the
