@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from models.bottleneck_order import ORDER_METHODS
+
 log = logging.getLogger("mixed_precision")
 
 _SHAPE_FIELDS = ("feat_dim", "ivector_dim", "tdnn1_dim", "tdnn1_context", "num_layers", "hidden_dim", "time_strides",
@@ -60,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--max-batches", type=int, default=4)
     p.add_argument("--max-duration", type=float, default=60.0, help="seconds of audio per batch")
     p.add_argument("--config", default=None, help="YAML with an lfmmi: section (retrain config); hessian only")
-    p.add_argument("--bottleneck-order", choices=["pca", "energy", "none"], default="pca",
+    p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
                    help="order the model's bottleneck units as retrain.py --init-from does (default: %(default)s)")
     p.add_argument("--bottlenecks", choices=["model", "max"], default="model",
                    help="TDNN-F ranks of the genotype: the model's (default) or the space's largest")

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from models.bottleneck_order import ORDER_METHODS
 from training.loop import TrainHook, TrainOptions, Trainer
 
 log = logging.getLogger("retrain")
@@ -84,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/quant sections")
     p.add_argument("--out", required=True)
     p.add_argument("--init-from", default=None, help="fine-tune from this float model.pt")
-    p.add_argument("--bottleneck-order", choices=["pca", "energy", "none"], default="pca",
+    p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
                    help="order the --init-from model's bottleneck units by importance before slicing "
                         "(models.bottleneck_order; default: %(default)s)")
     p.add_argument("--quant-trainer", choices=["ste", "admm"], default=None)

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 
+from models.bottleneck_order import ORDER_METHODS
 from training.loop import TrainOptions, Trainer
 
 log = logging.getLogger("train_search")
@@ -136,7 +137,7 @@ def parse_args(argv=None):
     t.add_argument("--target-ratio", type=float, help="budget = fp32 size of the space's largest net / R")
     p.add_argument("--init-from", default=None,
                    help="start the shared weights from this float model.pt (e.g. the fp32 baseline)")
-    p.add_argument("--bottleneck-order", choices=["pca", "energy", "none"], default="pca",
+    p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
                    help="order the --init-from model's bottleneck units by importance first (default: %(default)s)")
     p.add_argument("--no-bottleneck-search", action="store_true", help="search bits only (max dims)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
