@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from models.bottleneck_order import ORDER_METHODS
+from training.distill import DistillHook, DistillOptions
 from training.loop import TrainHook, TrainOptions, Trainer
 
 log = logging.getLogger("retrain")
@@ -72,7 +73,7 @@ class ADMMHook(TrainHook):
 def load_config(path):
     from training.experiment import load_sections
 
-    return load_sections(path, ("train", "lfmmi", "quant"))
+    return load_sections(path, ("train", "lfmmi", "quant", "distill"))
 
 
 def parse_args(argv=None):
@@ -89,6 +90,9 @@ def parse_args(argv=None):
                    help="order the --init-from model's bottleneck units by importance before slicing "
                         "(models.bottleneck_order; default: %(default)s)")
     p.add_argument("--quant-trainer", choices=["ste", "admm"], default=None)
+    p.add_argument("--distill-from", default=None,
+                   help="float teacher model.pt: add the frame-level KL to its chain output to the loss "
+                        "(training.distill; weight and temperature from the config's distill: section)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
@@ -107,7 +111,7 @@ def main(argv=None):
     from search_spaces.genotype import Genotype
     from training import distributed
     from training.experiment import make_batches, make_lfmmi, start_run
-    from training.model_io import cmvn_metadata, init_from, save_model_file
+    from training.model_io import cmvn_metadata, init_from, load_model_file, save_model_file
 
     cfg = load_config(args.config)
     topts = TrainOptions.from_dict(cfg.get("train"))
@@ -119,6 +123,7 @@ def main(argv=None):
         topts.max_steps = args.max_steps
     qcfg = dict(cfg.get("quant") or {})
     trainer_kind = args.quant_trainer or qcfg.get("trainer", "ste")
+    dopts = DistillOptions.from_dict(cfg.get("distill"))
 
     dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
     if args.genotype:
@@ -139,6 +144,14 @@ def main(argv=None):
     train = make_batches(corpus.cuts("train"), corpus, topts.max_duration, True, topts.seed, dinfo)
     valid = make_batches(corpus.cuts("dev"), corpus, topts.valid_max_duration, False, 0, dinfo)
     hooks = []
+    if args.distill_from:
+        teacher = load_model_file(args.distill_from)
+        if (teacher.cfg.num_pdfs, teacher.cfg.feat_dim) != (mcfg.num_pdfs, mcfg.feat_dim):
+            raise SystemExit(f"--distill-from {args.distill_from}: teacher has {teacher.cfg.num_pdfs} pdfs and "
+                             f"{teacher.cfg.feat_dim}-dim features, the student {mcfg.num_pdfs} and {mcfg.feat_dim}")
+        hooks.append(DistillHook(teacher, dopts))
+        log.info("distilling from %s (weight %g, temperature %g)", args.distill_from, dopts.weight,
+                 dopts.temperature)
     if trainer_kind == "admm":
         hooks.append(ADMMHook(float(qcfg.get("admm_rho", 1e-3)), int(qcfg.get("admm_update_every", 20))))
     trainer = Trainer(model, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks,
@@ -161,6 +174,7 @@ def main(argv=None):
                 "compression_ratio": base_fp32 / payload, "per_layer": rep.per_layer,
                 "parameters": model.num_parameters(include_xent=False),
                 "train_seconds": train_seconds, "trainer": trainer_kind, "valid": valid_stats,
+                "distill_from": args.distill_from,
                 "skipped_sequences": trainer.skipped_sequences, "skipped_batches": trainer.skipped_batches,
                 "den_graph": {"states": den.num_states, "arcs": den.num_arcs},
                 "world_size": dinfo.world_size}

@@ -33,7 +33,7 @@ PY = sys.executable
 KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
-               "finetune_from_fp32", "quant_trainer", "reference"}
+               "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference"}
 
 
 def load_config(path) -> Dict[str, Any]:
@@ -165,6 +165,8 @@ class Runner:
                 cmd += ["--config", self.search_config]
             if s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):
                 cmd += ["--init-from", str(self.fp32_model())]
+            if s.get("distill_from_fp32", self.cfg.get("distill_from_fp32", False)):
+                cmd += ["--distill-from", str(self.fp32_model())]
             if not s.get("search_bottleneck", True):
                 cmd += ["--no-bottleneck-search"]
             if (sd / "checkpoint.pt").is_file():
@@ -200,6 +202,8 @@ class Runner:
             cmd += ["--genotype", str(genotype)]
         if s["kind"] != "fp32" and s.get("finetune_from_fp32", self.cfg.get("finetune_from_fp32", True)):
             cmd += ["--init-from", str(self.fp32_model())]
+        if s["kind"] != "fp32" and s.get("distill_from_fp32", self.cfg.get("distill_from_fp32", False)):
+            cmd += ["--distill-from", str(self.fp32_model())]  # weight/temperature: the config's distill:
         if s.get("quant_trainer"):
             cmd += ["--quant-trainer", s["quant_trainer"]]
         if (d / "checkpoint.pt").is_file():
@@ -374,7 +378,8 @@ class Runner:
             return True
         if s["kind"] == "nas" and s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):
             return True
-        return bool(s.get("finetune_from_fp32", self.cfg.get("finetune_from_fp32", True)))
+        return bool(s.get("finetune_from_fp32", self.cfg.get("finetune_from_fp32", True))
+                    or s.get("distill_from_fp32", self.cfg.get("distill_from_fp32", False)))
 
     def finished_named(self, name: str) -> bool:
         return any(self.finished(s) for s in self.cfg["systems"] if s["name"] == name)

@@ -41,7 +41,7 @@ SEARCH_DEFAULTS = {
 
 
 def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes,
-                     derivation="argmax", entropy_schedule=None):
+                     derivation="argmax", entropy_schedule=None, arch_extra_losses=()):
     from nas.derive import derive_genotype, derive_genotype_within_budget
     from nas.hooks import ArchSearchHook
 
@@ -82,7 +82,8 @@ def make_search_hook(architect, schedule, held, space, table, log_every, out_dir
                 self.write_genotype(trainer, trainer.epoch)
 
     return _Hook(architect, schedule, arch_batches=held, space=space, table=table, log_every=log_every,
-                 entropy_schedule=entropy_schedule, target_bytes=target_bytes)
+                 entropy_schedule=entropy_schedule, target_bytes=target_bytes,
+                 arch_extra_losses=arch_extra_losses)
 
 
 def write_arch_probs(arch, path: Path, source: dict) -> None:
@@ -101,7 +102,7 @@ def write_arch_probs(arch, path: Path, source: dict) -> None:
 def load_config(path):
     from training.experiment import load_sections
 
-    return load_sections(path, ("train", "lfmmi", "search"))
+    return load_sections(path, ("train", "lfmmi", "search", "distill"))
 
 
 def search_options(d):
@@ -140,6 +141,9 @@ def parse_args(argv=None):
     p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
                    help="order the --init-from model's bottleneck units by importance first (default: %(default)s)")
     p.add_argument("--no-bottleneck-search", action="store_true", help="search bits only (max dims)")
+    p.add_argument("--distill-from", default=None,
+                   help="float teacher model.pt: weight steps and architecture steps add the frame-level KL "
+                        "to its chain output (training.distill; the config's distill: section)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
     p.add_argument("--penalty-weight", type=float, default=None,
                    help="override search.penalty_weight (0: no size penalty, a diagnostic of the task signal)")
@@ -160,7 +164,8 @@ def main(argv=None):
     from supernet.network import SuperNet
     from training import distributed
     from training.experiment import make_batches, make_lfmmi, start_run, split_train
-    from training.model_io import init_from
+    from training.distill import DistillHook, DistillOptions
+    from training.model_io import init_from, load_model_file
 
     cfg = load_config(args.config)
     topts = TrainOptions.from_dict(cfg.get("train"))
@@ -212,12 +217,22 @@ def main(argv=None):
     held = make_batches(held_cuts, corpus, topts.max_duration, True, topts.seed + 1, dinfo) \
         if held_cuts is not None else None
     valid = make_batches(corpus.cuts("dev"), corpus, topts.valid_max_duration, False, 0, dinfo)
+    hooks = []
+    if args.distill_from:
+        teacher = load_model_file(args.distill_from)
+        if (teacher.cfg.num_pdfs, teacher.cfg.feat_dim) != (corpus.num_pdfs, space.network.feat_dim):
+            raise SystemExit(f"--distill-from {args.distill_from}: teacher has {teacher.cfg.num_pdfs} pdfs and "
+                             f"{teacher.cfg.feat_dim}-dim features, the corpus/space {corpus.num_pdfs} and "
+                             f"{space.network.feat_dim}")
+        hooks.append(DistillHook(teacher, DistillOptions.from_dict(cfg.get("distill"))))
+        log.info("distilling from %s", args.distill_from)
     hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target,
-                            sopts["derivation"], entropy)
-    trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, [hook],
+                            sopts["derivation"], entropy, arch_extra_losses=hooks)
+    trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks + [hook],
                       params=net.weight_parameters(), show_progress=not args.no_progress)
     with open(out / "search_config.json", "w") as f:
         json.dump({"train": vars(topts), "search": sopts, "target_bytes": target, "fp32_bytes": fp32,
+                   "distill_from": args.distill_from, "distill": cfg.get("distill"),
                    "space": space.name, "bottleneck_search": not args.no_bottleneck_search}, f, indent=1)
     trainer.fit(resume=args.resume)
     distributed.cleanup(dinfo)

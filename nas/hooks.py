@@ -19,7 +19,7 @@ layer x choice images, tau, expected / argmax size (MB) and the architect's stat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -40,11 +40,14 @@ class ArchSearchHook(_Base):
     def __init__(self, architect: Architect, schedule: Optional[TemperatureSchedule] = None,
                  arch_batches=None, space=None, table: Optional[SizeTable] = None, log_every: Optional[int] = None,
                  genotype_name: str = "genotype.json", entropy_schedule: Optional[Callable[[float], float]] = None,
-                 target_bytes: Optional[float] = None):
+                 target_bytes: Optional[float] = None, arch_extra_losses: Sequence[Any] = ()):
         if architect.mode == "bilevel" and arch_batches is None:
             raise ValueError("bi-level search needs arch_batches (a held-out split)")
         self.architect, self.schedule, self.arch_batches = architect, schedule, arch_batches
         self.entropy_schedule, self.target_bytes = entropy_schedule, target_bytes
+        # objects with ``loss(trainer, batch, outputs) -> Tensor`` added to the architecture step's task
+        # loss (e.g. training.distill.DistillHook: the held-out KL to a float teacher)
+        self.arch_extra_losses = list(arch_extra_losses)
         self.space, self.table, self.log_every, self.genotype_name = space, table, log_every, genotype_name
         self._epoch, self._pos = 0, 0  # position in arch_batches
         self._it: Optional[Iterator] = None
@@ -78,7 +81,12 @@ class ArchSearchHook(_Base):
         else:
             chain, xent, out_lengths = model(feats, lengths)
         loss, stats = trainer.loss_fn(chain, xent, out_lengths, trainer.compiler.compile(batch["texts"]))
-        return loss, {f"arch_{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
+        stats = {f"arch_{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
+        for i, extra in enumerate(self.arch_extra_losses):
+            term = extra.loss(trainer, batch, (chain, xent, out_lengths))
+            stats[f"arch_{getattr(extra, 'name', f'extra{i}')}"] = float(term.detach())
+            loss = loss + term
+        return loss, stats
 
     # ------------------------------------------------------------------ TrainHook
     def extra_loss(self, trainer, batch, outputs) -> Optional[torch.Tensor]:

@@ -47,3 +47,34 @@ def test_per_system_reference(tmp_path):
         (d / "hyps.txt").write_text("".join(f"u{i} {x}\n" for i, x in enumerate(h)))
     assert runner.significance("b", "dev", "a")[2] == pytest.approx(0.0)  # same hyps as its reference
     assert runner.significance("b", "dev")[2] == pytest.approx(10.0)       # 1 error in 10 words vs fp32
+
+
+def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path, monkeypatch):
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                          {"name": "u4", "kind": "uniform", "bits": 4},
+                                          {"name": "u4_plain", "kind": "uniform", "bits": 4, "distill_from_fp32": False},
+                                          {"name": "nas", "kind": "nas", "budget_bytes": 1000}]))
+    cfg["distill_from_fp32"] = True
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    cmds = {}
+
+    def fake_run(cmd, log_file):
+        cmds[log_file.parent.name + ":" + Path(cmd[1]).name] = cmd
+        if Path(cmd[1]).name == "train_search.py":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "genotype.json").write_text("{}")
+
+    monkeypatch.setattr(rx, "run", fake_run)
+    for s in cfg["systems"]:
+        runner.retrain(s, runner.genotype(s))
+    teacher = str(runner.fp32_model())
+
+    def teacher_of(key):
+        c = cmds[key]
+        return c[c.index("--distill-from") + 1] if "--distill-from" in c else None
+
+    assert teacher_of("fp32:retrain.py") is None
+    assert teacher_of("u4:retrain.py") == teacher
+    assert teacher_of("u4_plain:retrain.py") is None
+    assert teacher_of("nas:train_search.py") == teacher and teacher_of("nas:retrain.py") == teacher
