@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", type=Path, help="Kaldi data dir (wav.scp, text, utt2spk, [segments])")
     g.add_argument("--dev-dir", type=Path, help="optional Kaldi dev dir (else speakers are held out)")
     g.add_argument("--test-dir", type=Path, help="optional Kaldi test dir (else speakers are held out)")
+    g.add_argument("--channel", type=int, default=0,
+                   help="channel of multi-channel audio files to use (default: %(default)s, the first; each "
+                        "such utterance is listed in summary.json under channel_selected)")
     return p
 
 
@@ -140,7 +143,9 @@ def run(args: argparse.Namespace) -> dict:
 
         if not args.data_dir:
             raise SystemExit("--corpus kaldi needs --data-dir")
-        splits = import_kaldi(args.data_dir, rate, log, args.seed, args.dev_dir, args.test_dir)
+        if args.channel < 0:
+            raise SystemExit("--channel must be >= 0")
+        splits = import_kaldi(args.data_dir, rate, log, args.seed, args.dev_dir, args.test_dir, args.channel)
     lexicon, extra["lexicon_source"] = load_lexicon(args)
     if args.lm_extra_text:
         lm_extra += read_lm_extra_text(args.lm_extra_text, args.corpus)

@@ -13,13 +13,14 @@ import re
 import shutil
 import tempfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import soundfile as sf
 
 from corpus.text import number_to_words
-from corpus.validate import Problem, SkipLog
+from corpus.validate import DataError, Problem, SkipLog
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ def split_by_group(cuts, group: Callable[[object], str], seed: int, held_fractio
     for g in order[i:]:
         out["train"] += groups[g]
     if len(order) < 3:
-        logger.warning("only %d speaker/conversation group(s): dev and test are empty (give dev/test data "
-                       "explicitly, e.g. --dev-dir/--test-dir for Kaldi dirs)", len(order))
+        raise DataError("only %d speaker/conversation group(s) after checking the input: holding out whole "
+                        "speakers for dev and test needs at least 3; give the held-out data explicitly "
+                        "(prepare_data.py --corpus kaldi ... --dev-dir DEV --test-dir TEST)" % len(order))
     logger.info("held out %d test and %d dev groups", len(names["test"]), len(names["dev"]))
     return {k: CutSet.from_cuts(v) for k, v in out.items()}
 
@@ -141,84 +143,247 @@ def _file_problem(path: str) -> Optional[Tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- Kaldi data dirs
-def _read_map(path: Path) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
+MAX_SEGMENT_OVERSHOOT = 0.5  # seconds a segment may end past its recording (clamped), as Kaldi's extract-segments
+
+
+@dataclass
+class KaldiTable:
+    """One Kaldi table file (``id value``), read line by line so that every line is accounted for.
+
+    ``entries``: id -> (value, line number) of the first line of each id; ``duplicates``: (id, line) of
+    every later line with an id already seen; ``undecodable``: (id, line) of lines that are not UTF-8."""
+
+    path: Path
+    entries: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+    duplicates: List[Tuple[str, int]] = field(default_factory=list)
+    undecodable: List[Tuple[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> "KaldiTable":
+        t = cls(Path(path))
+        if not t.path.is_file():
+            return t
+        for n, raw in enumerate(t.path.read_bytes().splitlines(), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                key = raw.split(maxsplit=1)[0].decode("utf-8", errors="replace") if raw.split() else ""
+                if key:
+                    t.undecodable.append((key, n))
+                continue
             parts = line.strip().split(maxsplit=1)
-            if parts:
-                out[parts[0]] = parts[1] if len(parts) > 1 else ""
-    return out
+            if not parts:
+                continue
+            if parts[0] in t.entries:
+                t.duplicates.append((parts[0], n))
+                continue
+            t.entries[parts[0]] = (parts[1] if len(parts) > 1 else "", n)
+        return t
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.entries[key][0] if key in self.entries else default
+
+    def where(self, key: str) -> str:
+        return "%s line %d" % (self.path, self.entries[key][1])
 
 
-def load_kaldi_dir(data_dir: Path, split: str, sample_rate: int, log: SkipLog):
+def _wav_truncation(path: Path) -> Optional[str]:
+    """For a RIFF/WAVE file: a description if its data chunk claims more bytes than the file holds."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = path.stat().st_size
+            while True:
+                ch = f.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, clen = ch[:4], int.from_bytes(ch[4:8], "little")
+                if cid == b"data":
+                    have = size - f.tell()
+                    if clen not in (0, 0xFFFFFFFF) and clen > have:
+                        return "WAV data chunk declares %d bytes, the file holds %d (truncated file)" % (clen, have)
+                    return None
+                f.seek(clen + (clen & 1), 1)
+    except OSError:
+        return None
+
+
+def _recording_problem(src: str, channel: int) -> Tuple[Optional[Tuple[str, str]], Optional[object]]:
+    """``(problem, info)``: problem ``(reason, detail)`` or None; info the soundfile header when readable."""
+    prob = _file_problem(src)
+    if prob:
+        return prob, None
+    info = sf.info(src)
+    if info.frames == 0:
+        return ("unreadable_audio", "audio file has no samples (header only)"), info
+    trunc = _wav_truncation(Path(src))
+    if trunc:
+        return ("truncated_audio", trunc), info
+    if info.channels > 1 and channel >= info.channels:  # mono files have one channel to give
+        return ("bad_channel", "--channel %d, but the file has %d channels" % (channel, info.channels)), info
+    return None, info
+
+
+def _segment_problem(value: str, duration: Optional[float]) -> Tuple[Optional[str], Optional[Tuple[str, float, float]]]:
+    """Check a segments value ``rec start end``: ``(problem detail, None)`` or ``(None, (rec, start, end))``
+    with ``end`` clamped to the recording when it overshoots by at most MAX_SEGMENT_OVERSHOOT."""
+    parts = value.split()
+    if len(parts) != 3:
+        return "segments line must be 'utt rec start end', got %r" % value, None
+    try:
+        start, end = float(parts[1]), float(parts[2])
+    except ValueError:
+        return "start/end are not numbers: %r" % value, None
+    if not (start >= 0 and end > start):
+        return "segment %.3f-%.3f s is empty or inverted" % (start, end), None
+    if duration is not None:
+        if start >= duration or end > duration + MAX_SEGMENT_OVERSHOOT:
+            return "segment %.3f-%.3f s lies outside its %.3f s recording" % (start, end, duration), None
+        end = min(end, duration)
+    return None, (parts[0], start, end)
+
+
+def load_kaldi_dir(data_dir: Path, split: str, sample_rate: int, log: SkipLog, channel: int = 0):
     """One Kaldi data dir (wav.scp, text, utt2spk, optional segments) -> CutSet via lhotse.
 
-    Entries whose audio file is missing or unreadable are skipped and logged *before* lhotse sees them
-    (lhotse would drop them with only a warning).
+    Every utterance named in ``text``, ``utt2spk`` or ``segments`` (and every duplicate line) ends up
+    either in the returned cuts or in ``log`` with a reason, checked *before* lhotse sees it: missing,
+    unreadable, header-only or truncated audio, a ``channel`` the file lacks, a segment that is inverted
+    or outside its recording (an end up to MAX_SEGMENT_OVERSHOOT past it is clamped), a text line that is
+    not UTF-8 (file and line named), no speaker, no transcript, a repeated id (the first line is used).
+    Multi-channel files give channel ``channel`` (default 0; each such utterance is noted in the summary;
+    a multi-channel file without that channel is a skip); mono files give their one channel.
+    The number of input entries is recorded with ``log.count_input``.
     """
+    from lhotse import Recording, RecordingSet, SupervisionSet
     from lhotse.kaldi import load_kaldi_data_dir
+    from lhotse.utils import fastcopy
 
     data_dir = Path(data_dir)
     for name in ("wav.scp", "text", "utt2spk"):
         if not (data_dir / name).is_file():
             raise FileNotFoundError("Kaldi data dir %s has no %s (needs wav.scp, text, utt2spk; segments optional)"
                                     % (data_dir, name))
-    wav = _read_map(data_dir / "wav.scp")
-    segments = _read_map(data_dir / "segments")
-    text = _read_map(data_dir / "text")
-    utt2spk = _read_map(data_dir / "utt2spk")
-    utt2rec = {u: v.split()[0] for u, v in segments.items()} if segments else {u: u for u in utt2spk}
-    bad_recs = set()
-    for rec, src in wav.items():
+    wav = KaldiTable.read(data_dir / "wav.scp")
+    text = KaldiTable.read(data_dir / "text")
+    utt2spk = KaldiTable.read(data_dir / "utt2spk")
+    segments = KaldiTable.read(data_dir / "segments")
+    has_segments = (data_dir / "segments").is_file()
+    tables = (text, utt2spk, segments)
+    utts = sorted(set().union(*(t.entries for t in tables), *({k for k, _ in t.undecodable} for t in tables)))
+    n_dup = sum(len(t.duplicates) for t in tables)
+    log.count_input(split, len(utts) + n_dup)
+    for t in tables:
+        for key, n in t.duplicates:
+            log.skip(Problem("duplicate_id", key, "", "%s line %d repeats id %s (its first line is used)"
+                             % (t.path, n, key), split))
+    bad_line = {}
+    for t in tables:
+        for key, n in t.undecodable:
+            bad_line.setdefault(key, "%s line %d is not valid UTF-8" % (t.path, n))
+
+    rec_problem: Dict[str, Tuple[str, str]] = {}
+    rec_info: Dict[str, object] = {}
+    for rec, (src, _) in wav.entries.items():
         if src.rstrip().endswith("|"):
             continue  # a command: checked when decoded
-        prob = _file_problem(src)
+        prob, info = _recording_problem(src, channel)
         if prob:
-            bad_recs.add(rec)
-            for utt in sorted(u for u, r in utt2rec.items() if r == rec):
-                log.skip(Problem(prob[0], utt, src, prob[1], split))
-    for utt in sorted(utt2spk):
-        if utt2rec.get(utt) in bad_recs:
+            rec_problem[rec] = prob
+        if info is not None:
+            rec_info[rec] = info
+
+    keep: List[str] = []
+    seg_out: Dict[str, Tuple[str, float, float]] = {}
+    multichannel = 0
+    for utt in utts:
+        if utt in bad_line:
+            log.skip(Problem("bad_text", utt, "", bad_line[utt], split))
             continue
-        if utt2rec.get(utt) not in wav:
-            log.skip(Problem("missing_audio", utt, "", "recording %s not in wav.scp" % utt2rec.get(utt), split))
-        elif not text.get(utt, "").strip():
-            why = "empty transcript in text" if utt in text else "no line in text"
-            log.skip(Problem("empty_transcript", utt, wav[utt2rec[utt]], why, split))
-    keep_utts = [u for u in utt2spk if utt2rec.get(u) in wav and utt2rec[u] not in bad_recs
-                 and text.get(u, "").strip()]
+        if has_segments:
+            if utt not in segments.entries:
+                log.skip(Problem("bad_segment", utt, "", "no line in %s" % segments.path, split))
+                continue
+            rec = segments.get(utt).split()[0] if segments.get(utt).split() else ""
+        else:
+            rec = utt
+        src = wav.get(rec)
+        if rec not in wav.entries:
+            log.skip(Problem("missing_audio", utt, "", "recording %s not in %s" % (rec, wav.path), split))
+            continue
+        if rec in rec_problem:
+            log.skip(Problem(rec_problem[rec][0], utt, src, rec_problem[rec][1], split))
+            continue
+        if has_segments:
+            info = rec_info.get(rec)
+            dur = info.frames / info.samplerate if info is not None else None
+            why, seg = _segment_problem(segments.get(utt), dur)
+            if why:
+                log.skip(Problem("bad_segment", utt, src, "%s: %s" % (segments.where(utt), why), split))
+                continue
+            seg_out[utt] = seg
+        if utt not in utt2spk.entries or not utt2spk.get(utt).strip():
+            log.skip(Problem("missing_speaker", utt, src, "no speaker in %s" % utt2spk.path, split))
+            continue
+        if not text.get(utt).strip():
+            why = "empty transcript in %s" % text.where(utt) if utt in text.entries else "no line in %s" % text.path
+            log.skip(Problem("empty_transcript", utt, src, why, split))
+            continue
+        info = rec_info.get(rec)
+        if info is not None and info.channels > 1:
+            multichannel += 1
+            log.note_channel(Problem("channel", utt, src, "channel %d of %d" % (channel, info.channels), split))
+        keep.append(utt)
+    if multichannel:
+        logger.info("%s: %d utterance(s) from multi-channel audio use channel %d (--channel)", split,
+                    multichannel, channel)
+    if not keep:
+        from lhotse import CutSet
+        return CutSet.from_cuts([])
     with tempfile.TemporaryDirectory(prefix="kaldi_dir_") as tmp:
         tmp = Path(tmp)
-        recs = {utt2rec[u] for u in keep_utts}
+        recs = sorted({seg_out[u][0] if has_segments else u for u in keep})
         with open(tmp / "wav.scp", "w") as f:
-            for r in sorted(recs):
-                f.write("%s %s\n" % (r, wav[r]))
-        for name, mapping in (("text", text), ("utt2spk", utt2spk), ("segments", segments)):
-            if name == "segments" and not segments:
-                continue
-            with open(tmp / name, "w") as f:
-                for u in sorted(keep_utts):
-                    f.write(("%s %s\n" % (u, mapping[u])).rstrip() + "\n")
-        if not keep_utts:
-            from lhotse import CutSet
-            return CutSet.from_cuts([])
+            for r in recs:
+                f.write("%s %s\n" % (r, wav.get(r)))
+        with open(tmp / "text", "w") as f:
+            for u in keep:
+                f.write("%s %s\n" % (u, text.get(u)))
+        with open(tmp / "utt2spk", "w") as f:
+            for u in keep:
+                f.write("%s %s\n" % (u, utt2spk.get(u).split()[0]))
+        if has_segments:
+            with open(tmp / "segments", "w") as f:
+                for u in keep:
+                    r, a, b = seg_out[u]
+                    f.write("%s %s %.4f %.4f\n" % (u, r, a, b))
         recordings, supervisions, _ = load_kaldi_data_dir(tmp, sampling_rate=sample_rate, use_reco2dur=False)
     recordings = _fix_sampling_rates(recordings)
+    # multi-channel files: a recording with all its channels, the supervision on the chosen one
+    multi = {r for r, i in rec_info.items() if i.channels > 1}
+    if multi:
+        recordings = RecordingSet.from_recordings(
+            Recording.from_file(r.sources[0].source, recording_id=r.id) if r.id in multi else r
+            for r in recordings)
+        supervisions = SupervisionSet.from_segments(
+            fastcopy(s, channel=channel) if s.recording_id in multi else s for s in supervisions)
     cuts = _one_sup_per_cut(recordings, supervisions)
     return _with_text(cuts, normalise_transcript)
 
 
 def import_kaldi(data_dir: Path, sample_rate: int, log: SkipLog, seed: int = 0,
-                 dev_dir: Optional[Path] = None, test_dir: Optional[Path] = None) -> Dict[str, object]:
+                 dev_dir: Optional[Path] = None, test_dir: Optional[Path] = None,
+                 channel: int = 0) -> Dict[str, object]:
     """train/dev/test CutSets from Kaldi data dirs; without dev/test dirs, speakers are held out."""
-    train = load_kaldi_dir(data_dir, "train", sample_rate, log)
+    train = load_kaldi_dir(data_dir, "train", sample_rate, log, channel)
     if dev_dir is None and test_dir is None:
         return split_by_group(train, lambda c: c.supervisions[0].speaker, seed)
     from lhotse import CutSet
 
-    dev = load_kaldi_dir(dev_dir, "dev", sample_rate, log) if dev_dir else CutSet.from_cuts([])
-    test = load_kaldi_dir(test_dir, "test", sample_rate, log) if test_dir else CutSet.from_cuts([])
+    dev = load_kaldi_dir(dev_dir, "dev", sample_rate, log, channel) if dev_dir else CutSet.from_cuts([])
+    test = load_kaldi_dir(test_dir, "test", sample_rate, log, channel) if test_dir else CutSet.from_cuts([])
     return {"train": train, "dev": dev, "test": test}
 
 

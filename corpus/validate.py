@@ -19,7 +19,8 @@ from lang.lexicon import Lexicon, OOVError
 
 logger = logging.getLogger(__name__)
 
-REASONS = ("missing_audio", "unreadable_audio", "corrupt_audio", "empty_transcript", "oov", "too_short")
+REASONS = ("missing_audio", "unreadable_audio", "truncated_audio", "corrupt_audio", "bad_channel", "bad_segment",
+           "bad_text", "duplicate_id", "missing_speaker", "empty_transcript", "oov", "too_short")
 
 
 class DataError(RuntimeError):
@@ -45,10 +46,18 @@ class SkipLog:
 
     skipped: List[Problem] = field(default_factory=list)
     resampled: List[Problem] = field(default_factory=list)
+    channel_selected: List[Problem] = field(default_factory=list)
+    inputs: Dict[str, int] = field(default_factory=dict)  # input entries per split, where an importer counts them
 
     def skip(self, p: Problem) -> None:
         logger.warning("skipping %s", p.describe())
         self.skipped.append(p)
+
+    def count_input(self, split: str, n: int) -> None:
+        self.inputs[split] = self.inputs.get(split, 0) + int(n)
+
+    def note_channel(self, p: Problem) -> None:
+        self.channel_selected.append(p)
 
     def note_resample(self, p: Problem) -> None:
         logger.info("resampling %s", p.describe())
@@ -71,6 +80,9 @@ class SkipLog:
             "skipped": [asdict(p) for p in self.skipped],
             "resampled_total": len(self.resampled),
             "resampled": [asdict(p) for p in self.resampled],
+            "channel_selected_total": len(self.channel_selected),
+            "channel_selected": [asdict(p) for p in self.channel_selected],
+            "input_entries": dict(self.inputs),
         }
 
 

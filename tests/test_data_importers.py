@@ -273,3 +273,85 @@ def test_switchboard_own_lexicon(tmp_path, sph_backend):
                     "--out", str(out), "--lexicon", "swbd", "--overwrite", "--oov", "skip") == 0
     s = _summary(out)
     assert s["skipped_by_reason"]["oov"] == 3 and all("TEA" in p["detail"] for p in s["skipped"])
+
+
+def _segmented_dir(root: Path, n_rec: int = 7, sr: int = 16000) -> Path:
+    """rec<s>.wav (3 s) per speaker s, two segments each (0.0-1.2 and 1.5-2.9 s); rec0 is stereo with a
+    different tone in each channel."""
+    d = root / "segkaldi"
+    d.mkdir(parents=True)
+    wav, seg, text, u2s = [], [], [], []
+    for s in range(n_rec):
+        rec = "rec%d" % s
+        x = np.stack([_tone(3.0, sr, 100), _tone(3.0, sr, 200)], axis=1) if s == 0 else _tone(3.0, sr, s)
+        sf.write(str(d / (rec + ".wav")), x, sr, subtype="PCM_16")
+        wav.append("%s %s" % (rec, d / (rec + ".wav")))
+        for u, (a, b) in enumerate(((0.0, 1.2), (1.5, 2.9))):
+            utt = "spk%d-%s-%d" % (s, rec, u)
+            seg.append("%s %s %.2f %.2f" % (utt, rec, a, b))
+            text.append("%s %s" % (utt, SENTS[(u + s) % len(SENTS)]))
+            u2s.append("%s spk%d" % (utt, s))
+    for name, lines in (("wav.scp", wav), ("segments", seg), ("text", text), ("utt2spk", u2s)):
+        (d / name).write_text("\n".join(lines) + "\n")
+    return d
+
+
+def test_kaldi_importer_accounts_for_every_input_entry(tmp_path):
+    d = _segmented_dir(tmp_path)
+    # a repeated id (the first line is used), an utterance without speaker, an inverted segment, a segment
+    # far past its recording, a small overshoot (clamped, kept), a truncated file, a header-only file and
+    # a transcript line that is not UTF-8
+    (d / "text").write_text((d / "text").read_text() + "spk1-rec1-0 SOMETHING ELSE\n")
+    (d / "utt2spk").write_text("".join(l + "\n" for l in (d / "utt2spk").read_text().splitlines()
+                                       if not l.startswith("spk2-rec2-1 ")))
+    _edit(d, "segments", "spk3-rec3-0", "rec3 2.00 1.00")
+    _edit(d, "segments", "spk3-rec3-1", "rec3 1.50 5.00")
+    _edit(d, "segments", "spk1-rec1-1", "rec1 1.50 3.30")
+    b = (d / "rec4.wav").read_bytes()
+    (d / "rec4.wav").write_bytes(b[:len(b) // 2])
+    (d / "rec6.wav").write_bytes(b[:44])
+    raw = (d / "text").read_bytes().replace(b"spk5-rec5-1 " + SENTS[0].encode(), b"spk5-rec5-1 HELLO W\xffRLD")
+    (d / "text").write_bytes(raw)
+    out = tmp_path / "out"
+    assert _prepare("--corpus", "kaldi", "--data-dir", str(d), "--out", str(out), "--no-speed-perturb",
+                    "--channel", "1") == 0
+    s = _summary(out)
+    reasons = {}
+    for p in s["skipped"]:
+        reasons.setdefault(p["reason"], []).append(p["utterance"])
+    assert reasons == {"duplicate_id": ["spk1-rec1-0"], "missing_speaker": ["spk2-rec2-1"],
+                       "bad_segment": ["spk3-rec3-0", "spk3-rec3-1"],
+                       "truncated_audio": ["spk4-rec4-0", "spk4-rec4-1"],
+                       "unreadable_audio": ["spk6-rec6-0", "spk6-rec6-1"], "bad_text": ["spk5-rec5-1"]}
+    bad_text = next(p for p in s["skipped"] if p["reason"] == "bad_text")
+    assert "text line" in bad_text["detail"] and "UTF-8" in bad_text["detail"]
+    kept = {c.supervisions[0].id: c for k in ("train", "dev", "test") for c in _cuts(out, k)}
+    assert sorted(kept) == ["spk0-rec0-0", "spk0-rec0-1", "spk1-rec1-0", "spk1-rec1-1", "spk2-rec2-0",
+                            "spk5-rec5-0"]
+    # the counts add up: 14 distinct utterances + 1 repeated line = kept + skipped
+    assert s["input_entries"] == {"train": 15}
+    assert len(kept) + s["skipped_total"] == 15
+    assert sum(s["splits"][k]["utterances"] for k in ("train", "dev", "test")) == len(kept)
+    assert kept["spk1-rec1-0"].supervisions[0].text == SENTS[1]          # the first line of the repeated id
+    assert abs(kept["spk1-rec1-1"].duration - 1.5) < 0.02                # 1.5-3.3 clamped to 1.5-3.0
+    # the stereo recording gives the chosen channel
+    assert [p["utterance"] for p in s["channel_selected"]] == ["spk0-rec0-0", "spk0-rec0-1"]
+    a = kept["spk0-rec0-0"].load_audio()
+    ref, _ = sf.read(str(d / "rec0.wav"), frames=a.shape[1])
+    assert a.shape[0] == 1 and np.allclose(a[0], ref[:, 1], atol=1e-4)
+
+
+def test_kaldi_importer_channel_out_of_range_and_too_few_speakers(tmp_path):
+    d = _segmented_dir(tmp_path, n_rec=4)
+    out = tmp_path / "out"
+    assert _prepare("--corpus", "kaldi", "--data-dir", str(d), "--out", str(out), "--no-speed-perturb",
+                    "--channel", "2") == 0
+    s = _summary(out)
+    # the stereo rec0 has no channel 2 (skipped); mono recordings give their one channel
+    assert s["skipped_by_reason"]["bad_channel"] == 2 and s["input_entries"] == {"train": 8}
+    assert s["skipped_total"] == 2 and s["channel_selected_total"] == 0
+    # 2 speakers: holding out speakers for dev and test is impossible -> a clear error naming the fix
+    d2 = _segmented_dir(tmp_path / "two", n_rec=2)
+    with pytest.raises(DataError, match="--dev-dir DEV --test-dir TEST"):
+        prepare_data.run(prepare_data.build_parser().parse_args(
+            ["--corpus", "kaldi", "--data-dir", str(d2), "--out", str(tmp_path / "o2"), "--quiet", "--jobs", "1"]))
