@@ -118,7 +118,7 @@ def main(argv=None):
 
     from decoding.decoder import DecoderConfig, compute_outputs, cut_references, decode_outputs, sweep
     from decoding.wer import write_results
-    from training.checkpoint import load_acoustic_model  # the lead's loader (lazy import)
+    from training.checkpoint import load_acoustic_model
     from training.data import load_cuts
 
     torch.manual_seed(args.seed)
