@@ -20,13 +20,14 @@ import csv
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
+
+from runner.console import Console, run_stage
 
 log = logging.getLogger("run_experiments")
 PY = sys.executable
@@ -59,19 +60,16 @@ def load_config(path) -> Dict[str, Any]:
     return cfg
 
 
-def run(cmd: List[str], log_file: Path) -> None:
-    """Run a stage; its output goes to ``log_file``; a failure stops the runner with that log's tail."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+def run(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "") -> None:
+    """Run a stage; its output goes to ``log_file`` (progress bars to the console); a failure stops the
+    runner with that log's tail."""
     log.info("$ %s", " ".join(cmd))
-    t0 = time.time()
-    with open(log_file, "a") as f:
-        f.write(f"\n$ {' '.join(cmd)}\n")
-        f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        tail = "".join(open(log_file).readlines()[-30:])
-        raise RuntimeError(f"stage failed (exit {r.returncode}): {' '.join(cmd)}\n--- {log_file} ---\n{tail}")
-    log.info("   done in %.0f s", time.time() - t0)
+    if console is not None:
+        console.line(f"    {label} ...")
+    secs = run_stage(cmd, log_file, console, label.strip())
+    log.info("   done in %.0f s", secs)
+    if console is not None:
+        console.line(f"    {label} done in {secs:.0f} s")
 
 
 class SystemLock:
@@ -104,8 +102,11 @@ class SystemLock:
 
 
 class Runner:
-    def __init__(self, cfg: Dict[str, Any], out: Path, device: str):
+    def __init__(self, cfg: Dict[str, Any], out: Path, device: str, console: Optional[Console] = None):
         self.cfg, self.out, self.device = cfg, out, device
+        self.console = console or Console(quiet=True)
+        # stages draw their progress bars only when the console forwards them to a terminal
+        self.progress_args = [] if self.console.live else ["--no-progress"]
         self.data_dir = cfg["data_dir"]
         self.space = cfg.get("space", "tdnnf_demo")
         self.splits = list(cfg.get("splits", ["dev", "test"]))
@@ -156,11 +157,12 @@ class Runner:
                 cmd += ["--method", s["kind"]]
                 if s["kind"] == "hessian" and self.retrain_config:
                     cmd += ["--config", self.retrain_config]  # the LF-MMI settings the model was trained with
-            run(cmd + [str(a) for a in s.get("sensitivity_args", [])], d / "log.txt")
+            run(cmd + [str(a) for a in s.get("sensitivity_args", [])], d / "log.txt", self.console,
+                f"{s['kind']} sensitivity and allocation")
         else:
             sd = d / "search"
             cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(sd),
-                   "--target-bytes", str(self.budget_bytes(s)), "--device", self.device, "--no-progress"]
+                   "--target-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
             if self.search_config:
                 cmd += ["--config", self.search_config]
             if s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):
@@ -171,7 +173,7 @@ class Runner:
                 cmd += ["--no-bottleneck-search"]
             if (sd / "checkpoint.pt").is_file():
                 cmd += ["--resume"]
-            run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt")
+            run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt", self.console, "search")
             g.write_text((sd / "genotype.json").read_text())
         return g
 
@@ -189,7 +191,7 @@ class Runner:
         if (d / "size.json").is_file():
             return
         cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(d),
-               "--device", self.device, "--no-progress"]
+               "--device", self.device] + self.progress_args
         rc = self.retrain_config
         if s["kind"] != "fp32" and self.cfg.get("finetune_config"):
             rc = self.cfg["finetune_config"]
@@ -208,7 +210,8 @@ class Runner:
             cmd += ["--quant-trainer", s["quant_trainer"]]
         if (d / "checkpoint.pt").is_file():
             cmd += ["--resume"]
-        run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt")
+        what = "train" if s["kind"] == "fp32" else "fine-tune (QAT) and export"
+        run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt", self.console, what)
 
     def decode(self, s) -> None:
         d = self.sys_dir(s["name"])
@@ -217,9 +220,9 @@ class Runner:
             if (dd / "wer.json").is_file():
                 continue
             cmd = [PY, "decode.py", "--model", str(d / "model.safetensors"), "--data-dir", self.data_dir,
-                   "--split", split, "--out", str(dd), "--device", self.device, "--no-progress",
-                   "--graph-cache", str(self.out / "graphs")]
-            run(cmd + self.extra_decode, d / "log.txt")
+                   "--split", split, "--out", str(dd), "--device", self.device,
+                   "--graph-cache", str(self.out / "graphs")] + self.progress_args
+            run(cmd + self.extra_decode, d / "log.txt", self.console, f"decode {split}")
 
     # ----------------------------------------------------------------- table
     def row(self, s) -> Dict[str, Any]:
@@ -258,7 +261,35 @@ class Runner:
         delta = corpus_wer(refs, hyp)["wer"] - corpus_wer(refs, base)["wer"]
         return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], delta
 
-    def write_table(self, rows: List[Dict[str, Any]]) -> None:
+    def lossless(self, r: Dict[str, Any]) -> bool:
+        """No significant WER change against the row's reference on any split (MAPSSWE p >= 0.05); the
+        reference itself counts as lossless."""
+        return all(r.get(f"p_{sp}") is None or r[f"p_{sp}"] >= 0.05 for sp in self.splits)
+
+    def result_line(self, r: Dict[str, Any]) -> str:
+        """One line for a finished system: size, ratio, WER per split and its change against the reference."""
+        parts = [f"{r['system']}: {r['bytes']:,} bytes ({r['ratio']:.1f}x)"]
+        for sp in self.splits:
+            cell = f"{sp} {r[f'wer_{sp}']:.2f}%"
+            if r.get(f"p_{sp}") is not None:
+                cell += f" ({r[f'delta_{sp}']:+.2f} vs {r['reference']}, p={r[f'p_{sp}']:.3f})"
+            parts.append(cell)
+        return ", ".join(parts)
+
+    def show_ending(self) -> None:
+        """The last lines: where the table and plot are, and how to look at the search in TensorBoard."""
+        c = self.console
+        c.line(f"table: {self.out / 'results.md'} (also .csv, .json)")
+        c.line(f"plot:  {self.out / 'wer_vs_size.png'} (test WER against bytes on disk; dashed: the reference "
+               f"{self.reference}; hollow markers: not lossless, p < 0.05 on some split)")
+        c.line(f"TensorBoard: tensorboard --logdir {self.out}")
+        if any(s["kind"] == "nas" for s in self.cfg["systems"]):
+            c.line("    searched bit allocations (<system>/search/tb): images arch/bits_heatmap, arch/dims_heatmap "
+                   "(probability of each choice per layer, the derived argmax outlined); scalars arch/argmax_mb, "
+                   "arch/expected_mb, arch/target_mb, arch/entropy_mean, arch/bits/<layer>/<b>")
+        c.line("    results: image results/wer_vs_size; training curves: <system>/tb (train/*, valid/*)")
+
+    def write_table(self, rows: List[Dict[str, Any]], show: bool = True) -> None:
         keys = list(rows[0].keys())
         with open(self.out / "results.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
@@ -283,7 +314,8 @@ class Runner:
                     cells.append(f"{r[f'delta_{sp}']:+.2f} (p={r[f'p_{sp}']:.3f}{other})")
             lines.append("| " + " | ".join(cells) + " |")
         (self.out / "results.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        if show:
+            print("\n".join(lines), flush=True)
         self.plot(rows)
 
     def plot(self, rows) -> None:
@@ -299,8 +331,15 @@ class Runner:
         fig, ax = plt.subplots(figsize=(6, 4))
         groups = list(dict.fromkeys(r["group"] for r in rows))
         for grp in groups:
-            pts = sorted((r["bytes"], r[f"wer_{split}"], r["system"]) for r in rows if r["group"] == grp)
-            ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "o-", label=grp)
+            pts = sorted((r["bytes"], r[f"wer_{split}"], self.lossless(r)) for r in rows if r["group"] == grp)
+            line, = ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "-", label=grp)
+            for b, w, ok in pts:  # filled: lossless (p >= 0.05 on every split); hollow: not
+                ax.plot([b / 1e6], [w], "o", color=line.get_color(), markerfacecolor=line.get_color() if ok else "none")
+        ref = next((r for r in rows if r["system"] == self.reference), None)
+        if ref is not None:
+            ax.axhline(ref[f"wer_{split}"], color="gray", linestyle="--", linewidth=1,
+                       label=f"{self.reference} (reference)")
+        ax.set_title("filled: lossless vs its reference (p >= 0.05 on every split)", fontsize=8)
         ax.set_xscale("log")
         from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -344,31 +383,38 @@ class Runner:
         if not any(s["kind"] == "fp32" for s in systems):
             raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
         rows, busy = [], []
+        todo = [s["name"] for s in order if not self.finished(s)]
+        if todo:
+            self.console.line(f"{len(todo)} of {len(order)} systems to run: {', '.join(todo)} (logs: {self.out}/<system>/log.txt)")
         for s in order:
             if not self.finished(s) and self.needs_fp32(s) and not self.finished_named("fp32"):
-                log.info("=== system %s waits for the fp32 baseline (not finished yet): skipped here", s["name"])
+                self.console.line(f"{s['name']} waits for the fp32 baseline (not finished yet): skipped here")
                 busy.append(s["name"])
                 continue
             if not self.finished(s):
                 lock = SystemLock(self.sys_dir(s["name"]))
                 if not lock.acquire():
-                    log.info("=== system %s is being run by another runner: skipped here", s["name"])
+                    self.console.line(f"{s['name']} is being run by another runner: skipped here")
                     busy.append(s["name"])
                     continue
                 try:
                     log.info("=== system %s (%s)", s["name"], s["kind"])
+                    self.console.line(f"[{todo.index(s['name']) + 1}/{len(todo)}] {s['name']} ({s['kind']})")
+                    t0 = time.time()
                     g = self.genotype(s)
                     self.retrain(s, g)
                     self.decode(s)
                 finally:
                     lock.release()
+                self.console.line(f"    => {self.result_line(self.row(s))} ({time.time() - t0:.0f} s)")
             rows.append(self.row(s))
-            self.write_table(rows)
+            self.write_table(rows, show=False)
         if rows:  # once more with every row fresh: rows written early lacked the later reference's tests
             rows = [self.row(s) for s in order if self.finished(s)]
             self.write_table(rows)
+            self.show_ending()
         if busy:
-            log.info("not in the table yet (run by another runner): %s; rerun to complete it", busy)
+            self.console.line(f"not in the table yet (run by another runner): {', '.join(busy)}; rerun to complete it")
         return rows
 
     def needs_fp32(self, s) -> bool:
@@ -398,19 +444,21 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
     p.add_argument("--only", default=None, help="comma-separated systems to run, in this order")
     p.add_argument("--table-only", action="store_true", help="only write the table of finished systems")
+    p.add_argument("--quiet", action="store_true", help="print only the table (no stage lines, no progress bars)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # the console shows the stages and their progress; each stage's commands and output are in its log.txt
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     cfg = load_config(args.config)
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
     out = Path(args.out or cfg.get("out") or f"exp/{Path(args.config).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(cfg, out, args.device or cfg.get("device", "cpu"))
+    runner = Runner(cfg, out, args.device or cfg.get("device", "cpu"), Console(quiet=args.quiet))
     if args.table_only:
         runner.table_only()
+        runner.show_ending()
     else:
         runner.run_all(args.only.split(",") if args.only else None)
-    log.info("results: %s", out / "results.md")
     return 0
 
 

@@ -20,7 +20,20 @@ def test_runner_search_retrain_export_decode_table(tiny_corpus, small_train_conf
         "  - {name: nas_r8, kind: nas, budget_ratio: 8, search_args: [--max-steps, 3]}\n"
     )
     out = tmp_path / "exp"
-    run_cli(["run_experiments.py", "--config", cfg, "--out", out])
+    r = run_cli(["run_experiments.py", "--config", cfg, "--out", out])
+    # the console names every system and stage, gives one result line per system, and ends with the
+    # table (stdout), the plot and the TensorBoard command (stderr)
+    err = r.stderr
+    for i, name in enumerate(["fp32", "uniform4", "nas_r8"], start=1):
+        assert f"[{i}/3] {name}" in err
+    for stage in ("train done in", "fine-tune (QAT) and export done in", "search done in", "decode dev done in",
+                  "decode test done in"):
+        assert stage in err, stage
+    assert err.count("    => ") == 3 and "uniform4: " in err and "x), dev " in err
+    assert r.stdout.strip().splitlines()[0].startswith("| system |")
+    tail = err.strip().splitlines()
+    assert tail[-4].startswith("plot:") and tail[-3] == f"TensorBoard: tensorboard --logdir {out}"
+    assert "arch/bits_heatmap" in tail[-2]
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["system"] for r in rows] == ["fp32", "uniform4", "nas_r8"]
     for r in rows:
@@ -38,4 +51,5 @@ def test_runner_search_retrain_export_decode_table(tiny_corpus, small_train_conf
     assert (out / "wer_vs_size.png").stat().st_size > 0
     # rerunning finds every stage done and only rewrites the table
     r = run_cli(["run_experiments.py", "--config", cfg, "--out", out])
-    assert "$ " not in r.stderr
+    assert "[1/" not in r.stderr and "systems to run" not in r.stderr and "| nas_r8 |" in r.stdout
+    assert "TensorBoard: tensorboard --logdir" in r.stderr

@@ -58,7 +58,7 @@ def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path,
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
     cmds = {}
 
-    def fake_run(cmd, log_file):
+    def fake_run(cmd, log_file, *args):
         cmds[log_file.parent.name + ":" + Path(cmd[1]).name] = cmd
         if Path(cmd[1]).name == "train_search.py":
             out = Path(cmd[cmd.index("--out") + 1])

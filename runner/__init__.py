@@ -1,0 +1,1 @@
+"""Pieces of the experiment runner (``run_experiments.py``): the console and the stage subprocess."""
