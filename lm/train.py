@@ -151,7 +151,7 @@ class LMTrainer:
 
     def load_checkpoint(self, path=None) -> None:
         path = path or self.checkpoint_path
-        st = ckpt.load(path, map_location=self.device)
+        st = ckpt.load(path, map_location="cpu")  # RNG states must stay CPU tensors; load_state_dict moves the rest
         if st.get("vocab_sha1") != self.vocab.fingerprint():
             raise RuntimeError(f"checkpoint {path} was trained with another vocabulary (was the LM text or "
                                f"the vocabulary options changed?)")
