@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_and_kill_after_checkpoints, run_cli
+from tests.conftest import run_and_kill_after_checkpoints, run_cli
 from lm.score import load_lm
 
 CONFIG = ("model:\n  d_model: 32\n  n_heads: 2\n  n_layers: 1\n  d_ff: 64\n  dropout: 0.2\n"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from lm.model import TransformerLM, TransformerLMConfig
 from lm.score import load_lm, perplexity, save_lm, sentence_logprobs
 from lm.vocab import EOS, UNK, Vocab
