@@ -158,6 +158,12 @@ class LMTrainer:
         if st.get("config") != self.model.cfg.to_json():
             raise RuntimeError(f"checkpoint {path} has model config {st.get('config')}, this run "
                                f"{self.model.cfg.to_json()}")
+        saved = json.loads(st["opts"])
+        changed = sorted(k for k, v in asdict(self.opts).items() if k != "max_steps" and saved.get(k) != v)
+        if changed:
+            log.warning("resuming with train options that differ from the checkpoint's: %s (the run will not "
+                        "match an uninterrupted one)", ", ".join(f"{k} {saved.get(k)} -> {getattr(self.opts, k)}"
+                                                             for k in changed))
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
