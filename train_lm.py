@@ -101,8 +101,11 @@ def main(argv=None):
     cfg = TransformerLMConfig.from_dict(dict(model_d, vocab_size=len(vocab)), source=args.config or "defaults")
     too_long = [s for s in seqs if len(s) - 1 > cfg.max_len]
     if too_long:
-        log.warning("%d training sentences longer than max_len %d words are left out", len(too_long), cfg.max_len - 1)
+        log.warning("%d training sentences of more than %d words (max_len %d) are left out", len(too_long),
+                    cfg.max_len - 1, cfg.max_len)
         seqs = [s for s in seqs if len(s) - 1 <= cfg.max_len]
+        if not seqs:
+            raise SystemExit(f"train_lm.py: every sentence of {text_path} is longer than max_len; raise model.max_len")
     for name, sents in (("dev", dev), ("test", test)):
         try:
             check_length(encode_sentences(sents, vocab)[0], cfg.max_len)
