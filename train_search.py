@@ -42,7 +42,7 @@ SEARCH_DEFAULTS = {
 
 def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes,
                      derivation="argmax", entropy_schedule=None, arch_extra_losses=()):
-    from nas.derive import derive_genotype, derive_genotype_within_budget
+    from nas.derive import SIZE_CHART_LAYOUT, derive_genotype, derive_genotype_within_budget
     from nas.hooks import ArchSearchHook
 
     class _Hook(ArchSearchHook):
@@ -61,6 +61,8 @@ def make_search_hook(architect, schedule, held, space, table, log_every, out_dir
                                 epoch, src["argmax_bytes"], target_bytes)
             g.save(str(Path(out_dir) / f"genotype_epoch{epoch}.json"))
             g.save(str(Path(out_dir) / "genotype.json"))
+            # the derived genotype as text, one entry per epoch (TensorBoard's Text tab; indented = verbatim)
+            trainer.tb.add_text("arch/genotype", "    " + g.summary(space).replace("\n", "\n    "), epoch)
             write_arch_probs(arch, Path(out_dir) / "arch_probs.json", src)
             return g
 
@@ -70,6 +72,11 @@ def make_search_hook(architect, schedule, held, space, table, log_every, out_dir
                 errs = trainer.raw_model.semi_orthogonality_errors()
                 if errs:
                     trainer.log_scalars("search", {"semi_orth_error_max": max(errs.values())})
+
+        def on_fit_start(self, trainer):
+            super().on_fit_start(trainer)
+            if trainer.dist.is_main:  # argmax, expected and target size on one TensorBoard chart
+                trainer.tb.add_custom_scalars(SIZE_CHART_LAYOUT)
 
         def on_epoch_end(self, trainer, epoch, valid):
             if trainer.dist.is_main:

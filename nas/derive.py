@@ -120,6 +120,48 @@ def prob_heatmap_figure(matrix: np.ndarray, layers, labels, title: str):
     return fig
 
 
+def genotype_bar_figure(arch: ArchParams, table: Optional[SizeTable] = None, title: str = ""):
+    """Matplotlib figure of the argmax architecture, one bar group per layer: its bit-width (left axis,
+    annotated) and its bottleneck dim (right axis; layers without a bottleneck have none), and with a
+    size table each layer's share of the argmax model's bytes in the tick labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    choices = arch.argmax_choices()
+    names = [l.name for l in arch.layers]
+    bits = [b for b, _ in choices]
+    dims = [d for _, d in choices]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(names), 3.4), dpi=100)
+    ax.bar(x - 0.2, bits, width=0.4, color="tab:blue", label="bits")
+    for i, b in enumerate(bits):
+        ax.text(i - 0.2, b, str(b), ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("bits", color="tab:blue")
+    ax.set_ylim(0, max(bits) * 1.25)
+    ax2 = ax.twinx()
+    dx = [i for i, d in enumerate(dims) if d is not None]
+    ax2.bar(x[dx] + 0.2, [dims[i] for i in dx], width=0.4, color="tab:orange", label="bottleneck")
+    for i in dx:
+        ax2.text(i + 0.2, dims[i], str(dims[i]), ha="center", va="bottom", fontsize=7)
+    ax2.set_ylabel("bottleneck dim", color="tab:orange")
+    ax2.set_ylim(0, max([dims[i] for i in dx], default=1) * 1.25)
+    labels = list(names)
+    if table is not None:
+        per_layer = table.layer_sizes(choices)
+        total = table.const_bytes + sum(per_layer)
+        labels = [f"{n}\n{100 * b / total:.0f}%" for n, b in zip(names, per_layer)]
+    ax.set_xticks(x, labels, fontsize=7, rotation=0)
+    ax.set_title(title or "derived (argmax) architecture", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+SIZE_CHART_LAYOUT = {"arch": {"size against the budget (MB)": ["Multiline", ["arch/argmax_mb", "arch/expected_mb",
+                                                                               "arch/target_mb"]]}}
+
+
 def log_arch_tensorboard(writer, arch: ArchParams, step: int, table: Optional[SizeTable] = None,
                          prefix: str = "arch", target_bytes: Optional[float] = None) -> Dict[str, float]:
     """Write per-layer probabilities (``{prefix}/bits/<layer>/<b>``, ``{prefix}/dim/<layer>/<d>``), the
@@ -166,6 +208,8 @@ def log_arch_tensorboard(writer, arch: ArchParams, step: int, table: Optional[Si
                 writer.add_figure(f"{prefix}/dims_heatmap", prob_heatmap_figure(
                     mats["dims"][keep], [mats["layers"][i] for i in keep], mats["dim_labels"],
                     f"bottleneck probabilities, step {step}"), step)
+            writer.add_figure(f"{prefix}/genotype_bars", genotype_bar_figure(
+                arch, table, f"argmax architecture, step {step}"), step)
     return scalars
 
 

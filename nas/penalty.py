@@ -64,14 +64,18 @@ class SizeTable:
     def names(self) -> List[str]:
         return [l.name for l in self.layers]
 
-    def size(self, choices: Sequence[Tuple[int, Optional[int]]]) -> float:
-        """Bytes of one discrete architecture ``[(bits, bottleneck), ...]`` (layer order)."""
-        total = self.const_bytes
+    def layer_sizes(self, choices: Sequence[Tuple[int, Optional[int]]]) -> List[float]:
+        """Bytes of each searchable layer of one discrete architecture ``[(bits, bottleneck), ...]``."""
+        out = []
         for l, t, (b, d) in zip(self.layers, self.tables, choices):
             if d not in l.dims and l.dims == (None,):
                 d = None
-            total += float(t[l.bits.index(b), l.dims.index(d)])
-        return total
+            out.append(float(t[l.bits.index(b), l.dims.index(d)]))
+        return out
+
+    def size(self, choices: Sequence[Tuple[int, Optional[int]]]) -> float:
+        """Bytes of one discrete architecture ``[(bits, bottleneck), ...]`` (layer order)."""
+        return self.const_bytes + sum(self.layer_sizes(choices))
 
     def expected(self, weights: Weights) -> torch.Tensor:
         """``E[size]`` in bytes (float64 scalar, differentiable in ``weights``)."""

@@ -66,6 +66,9 @@ class FakeWriter:
     def add_image(self, k, img, step, dataformats="CHW"):
         self.images[k] = (tuple(img.shape), dataformats)
 
+    def add_figure(self, k, fig, step):
+        self.images[k] = fig
+
 
 def test_tensorboard_logging():
     space, arch = demo_arch()
@@ -75,8 +78,28 @@ def test_tensorboard_logging():
     assert "arch/bits/tdnnf3/4" in w.scalars and "arch/dim/tdnnf3/48" in w.scalars and "arch/tau" in w.scalars
     assert "arch/dim/tdnn1/None" not in w.scalars
     assert w.scalars["arch/expected_mb"][1] == 5 and out["arch/argmax_mb"] > 0
-    assert set(w.images) == {"arch/bits_matrix", "arch/dims_matrix"}
+    assert set(w.images) == {"arch/bits_matrix", "arch/dims_matrix", "arch/bits_heatmap", "arch/dims_heatmap",
+                             "arch/genotype_bars"}
     json.dumps(out)
+
+
+def test_genotype_bar_figure_shows_the_argmax_bits_and_bottlenecks():
+    from nas.derive import genotype_bar_figure
+
+    space, arch = demo_arch()
+    table = size_table_from_cost_model(space.network, arch.layers)
+    choices = arch.argmax_choices()
+    fig = genotype_bar_figure(arch, table)
+    ax_bits, ax_dims = fig.axes
+    assert [round(p.get_height()) for p in ax_bits.patches] == [b for b, _ in choices]
+    assert [round(p.get_height()) for p in ax_dims.patches] == [d for _, d in choices if d is not None]
+    labels = [t.get_text() for t in ax_bits.get_xticklabels()]
+    assert [l.split("\n")[0] for l in labels] == [l.name for l in arch.layers]
+    # each layer's share of the argmax model's bytes, from the cost model
+    shares = [float(l.split("\n")[1].rstrip("%")) for l in labels]
+    sizes = table.layer_sizes(choices)
+    total = table.size(choices)
+    assert shares == [round(100 * b / total) for b in sizes] and total == table.const_bytes + sum(sizes)
 
 
 def test_heatmap_figure_is_labelled_and_marks_the_argmax():

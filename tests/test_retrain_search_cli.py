@@ -75,9 +75,13 @@ def test_search_kill_and_resume_gives_the_same_architecture_and_weights(tiny_cor
               "--target-ratio", 8, "--max-steps", 7, "--no-progress"]
     # warm-up 0 so the architecture moves from the first step (the config sets only train/lfmmi)
     cfg = tmp_path / "search.yaml"
-    cfg.write_text(open(small_train_config).read() + "search:\n  warmup_epochs: 0\n  held_out_fraction: 0.3\n")
+    cfg.write_text(open(small_train_config).read() + "search:\n  warmup_epochs: 0\n  held_out_fraction: 0.3\n  log_every: 3\n")
     common[common.index(small_train_config)] = cfg
     run_cli(common + ["--out", tmp_path / "straight"])
+    # TensorBoard: the genotype as text, its bar chart, and the size chart layout
+    events = b"".join(e.read_bytes() for e in (tmp_path / "straight" / "tb").glob("events.*"))
+    for tag in (b"arch/genotype", b"arch/genotype_bars", b"arch/bits_heatmap", b"size against the budget"):
+        assert tag in events, tag
     out = tmp_path / "killed"
     run_and_kill_after_checkpoints(common + ["--out", out], 2)
     run_cli(common + ["--out", out, "--resume"])
