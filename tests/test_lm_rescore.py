@@ -113,6 +113,9 @@ def test_score_nbest_on_decoded_lists(graph, tmp_path):
         log10 = sum(math.log10(ngram.prob(toks[i], toks[max(0, i - 2):i])) for i in range(1, len(toks)))
         assert s.ngram == pytest.approx(-log10 * math.log(10.0), abs=1e-9)
         assert lm_cost(graph, h.words) <= s.ngram + 1e-6
+        # graph = G's Viterbi cost + silence choices (ln 2 at each of the n + 1 word boundaries), up to
+        # float32 weights and to_str's 6 digits; on this graph G's Viterbi cost is the ARPA cost
+        assert s.graph - (len(h.words) + 1) * math.log(2.0) == pytest.approx(lm_cost(graph, h.words), abs=2e-3)
     assert counts(scored)["oov_words"] == sum(h.words.count("BE") for h in nb["u1"]) > 0
     # lm_weight 1 and alpha 0 reproduce the first pass's order
     costs = [h.cost(1.0, 0.0) for h in scored["u1"]]
