@@ -100,6 +100,28 @@ def build_graph(args, lexicon):
     return g
 
 
+def load_model_and_cmvn(model_path, data_dir, device="cpu"):
+    """(acoustic model in eval mode, CMVN stats): the model's own, else DATA_DIR/cmvn.json, else None."""
+    from training.checkpoint import load_acoustic_model
+
+    model = load_acoustic_model(model_path, device)
+    cmvn = getattr(model, "cmvn", None)
+    cmvn_path = os.path.join(data_dir, "cmvn.json")
+    if cmvn is None and os.path.isfile(cmvn_path):
+        with open(cmvn_path) as f:
+            cmvn = json.load(f)
+    return model, cmvn
+
+
+def feature_extractor(num_mel_bins: int = 40):
+    """None (decoding.decoder's default 40-bin Fbank) or an Fbank with num_mel_bins bins."""
+    if num_mel_bins == 40:
+        return None
+    from lhotse import Fbank, FbankConfig
+
+    return Fbank(FbankConfig(num_mel_bins=num_mel_bins))
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -118,22 +140,12 @@ def main(argv=None):
 
     from decoding.decoder import DecoderConfig, compute_outputs, cut_references, decode_outputs, sweep
     from decoding.wer import write_results
-    from training.checkpoint import load_acoustic_model
     from training.data import load_cuts
 
     torch.manual_seed(args.seed)
-    model = load_acoustic_model(args.model, args.device)
-    cmvn = getattr(model, "cmvn", None)
-    cmvn_path = os.path.join(args.data_dir, "cmvn.json")
-    if cmvn is None and os.path.isfile(cmvn_path):
-        with open(cmvn_path) as f:
-            cmvn = json.load(f)
+    model, cmvn = load_model_and_cmvn(args.model, args.data_dir, args.device)
     progress = not args.no_progress
-    feat_ex = None
-    if args.num_mel_bins != 40:
-        from lhotse import Fbank, FbankConfig
-
-        feat_ex = Fbank(FbankConfig(num_mel_bins=args.num_mel_bins))
+    feat_ex = feature_extractor(args.num_mel_bins)
 
     def run(split):
         cuts = load_cuts(args.data_dir, split)

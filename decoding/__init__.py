@@ -4,6 +4,7 @@ Modules (kaldi wheels are imported lazily, inside the functions that need them):
   lm            estimate(sentences, order, method) -> NgramModel (.to_arpa(), .prob(), from_arpa)
   graph         get_graph(lexicon, cache_root, lm_text=|arpa=) -> DecodingGraph (HCLG + words)
   decoder       decode_matrix, decode_cuts, compute_outputs, decode_outputs, sweep
+  nbest         lattice_nbest(raw lattice, words, n) -> n best distinct word sequences with costs
   wer           corpus_wer, utterance_errors, write_results
   significance  mapsswe, paired_bootstrap, compare_systems
 """

@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Two-pass decoding: n-best lists from the HCLG decoder (n-gram LM), re-ranked with the Transformer LM.
+
+  python rescore.py --model exp/x/model.safetensors --lm exp/lm/fp32/model.pt --data-dir data/synth_demo \\
+      --out exp/x/rescore [--nbest 20] [--acoustic-scale 1.2] [--graph-cache exp/graphs]
+
+Dev and test are decoded into n-best lists of distinct word sequences (decoding.nbest), each hypothesis
+scored with the graph's ARPA n-gram model and the Transformer LM, and ranked by
+
+    cost = acoustic + lm_weight * (graph - ngram + (1 - alpha) * ngram + alpha * nnlm)
+
+(lm.rescore). (lm_weight, alpha) is chosen on dev by WER over the --lm-weights x --alphas grid and
+applied unchanged to test. Outputs in --out:
+
+  <split>/nbest.jsonl           per utterance: utt, ref, hyps [{words, acoustic, graph, ngram, nnlm, oov}]
+  <split>/{first_pass,rescored,oracle}/  hyps.txt, refs.txt, alignments.txt, per_utt.jsonl, wer.json
+  rescore.json                  WERs (first pass, n-best oracle, rescored) per split, the chosen weights,
+                                the dev grid, counts (OOV words, empty n-best lists), MAPSSWE and
+                                bootstrap significance of rescored vs first pass
+
+WERs are percentages. The graph is built (or loaded from --graph-cache) as decode.py does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("rescore")
+
+
+def _floats(text: str):
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="acoustic model (training.checkpoint.load_acoustic_model)")
+    ap.add_argument("--lm", required=True, help="Transformer LM model.pt (train_lm.py)")
+    ap.add_argument("--lm-vocab", help="vocabulary file the LM must match (default: vocab.txt beside --lm)")
+    ap.add_argument("--data-dir", default="data/synth_demo")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dev-split", default="dev")
+    ap.add_argument("--test-split", default="test")
+    ap.add_argument("--nbest", type=int, default=20, help="distinct word sequences per utterance")
+    ap.add_argument("--acoustic-scale", type=float, default=1.0)
+    ap.add_argument("--beam", type=float, default=15.0)
+    ap.add_argument("--lattice-beam", type=float, default=8.0)
+    ap.add_argument("--lm-weights", default="0.5,0.7,0.85,1.0,1.2,1.5,2.0", help="grid, comma list")
+    ap.add_argument("--alphas", default="0,0.25,0.5,0.75,1.0", help="grid of Transformer LM weights in [0, 1]")
+    ap.add_argument("--lm-batch-size", type=int, default=64)
+    # graph (as decode.py)
+    ap.add_argument("--lexicon", help="lexicon.txt (default DATA_DIR/lang/lexicon.txt)")
+    ap.add_argument("--lm-text", help="n-gram LM text (default DATA_DIR/lm_text.txt, else lm_train_text.txt)")
+    ap.add_argument("--arpa", help="use this ARPA LM instead of estimating one")
+    ap.add_argument("--lm-order", type=int, default=3)
+    ap.add_argument("--lm-method", choices=["kn", "wb"], default="kn")
+    ap.add_argument("--sil-prob", type=float, default=0.5)
+    ap.add_argument("--extend-lexicon", action="store_true")
+    ap.add_argument("--graph-cache", default="exp/graphs")
+    ap.add_argument("--rebuild-graph", action="store_true")
+    # features / device
+    ap.add_argument("--max-frames", type=int, default=20000)
+    ap.add_argument("--sampling-rate", type=int, default=16000)
+    ap.add_argument("--num-mel-bins", type=int, default=40)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.nbest < 1:
+        ap.error("--nbest must be >= 1")
+    args.lm_weights, args.alphas = _floats(args.lm_weights), _floats(args.alphas)
+    if not args.lm_weights or not args.alphas:
+        ap.error("--lm-weights and --alphas need at least one value each")
+    if any(not 0.0 <= a <= 1.0 for a in args.alphas):
+        ap.error("--alphas must lie in [0, 1]")
+    return args
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    import numpy as np
+    import torch
+
+    import decode
+    from decoding.decoder import DecoderConfig, compute_outputs, cut_references
+    from decoding.lm import NgramModel
+    from decoding.nbest import nbest_outputs
+    from decoding.significance import compare_systems
+    from decoding.wer import write_results
+    from lm.rescore import counts, first_pass, grid_search, load_rescoring_lm, oracle, rescore, score_nbest, \
+        write_nbest_jsonl
+    from training.data import load_cuts
+
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    # the LM first: a vocabulary mismatch fails before any decoding
+    lm_model, lm_vocab = load_rescoring_lm(args.lm, args.lm_vocab, args.device)
+    graph = decode.build_graph(args, decode.load_lexicon(args))
+    arpa = os.path.join(graph.directory, "G.arpa")
+    ngram = NgramModel.load_arpa(arpa)
+    model, cmvn = decode.load_model_and_cmvn(args.model, args.data_dir, args.device)
+    feat_ex = decode.feature_extractor(args.num_mel_bins)
+    cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
+                        lattice=True)
+    progress = not args.no_progress
+    os.makedirs(args.out, exist_ok=True)
+
+    splits = {}
+    for split in (args.dev_split, args.test_split):
+        cuts = load_cuts(args.data_dir, split)
+        t0 = time.time()
+        outs = compute_outputs(model, cuts, cmvn, args.device, args.max_frames, 32, feat_ex,
+                               args.sampling_rate, progress)
+        t1 = time.time()
+        nb = nbest_outputs(outs, graph, args.nbest, cfg, progress)
+        t2 = time.time()
+        scored = score_nbest(nb, ngram, lm_model, lm_vocab, args.lm_batch_size)
+        t3 = time.time()
+        refs = cut_references(cuts)
+        missing = sorted(set(refs) - set(scored))
+        for u in missing:  # no network output: an empty n-best list
+            scored[u] = []
+        d = os.path.join(args.out, split)
+        os.makedirs(d, exist_ok=True)
+        write_nbest_jsonl(os.path.join(d, "nbest.jsonl"), scored, refs)
+        splits[split] = {"refs": refs, "nbest": scored,
+                         "seconds": {"forward": round(t1 - t0, 2), "nbest": round(t2 - t1, 2),
+                                     "lm_scoring": round(t3 - t2, 2)}}
+        c = counts(scored)
+        log.info("%s: %d utterances, %d hypotheses, %d empty n-best lists, %d OOV words for the LM",
+                 split, c["utterances"], c["hypotheses"], c["empty_nbest"], c["oov_words"])
+
+    dev = splits[args.dev_split]
+    gs = grid_search(dev["nbest"], dev["refs"], args.lm_weights, args.alphas)
+    lw, alpha = gs.best.lm_weight, gs.best.alpha
+    log.info("dev grid best: lm_weight %g alpha %g WER %.2f%% (%d utterances changed)", lw, alpha, gs.best.wer,
+             gs.best.changed)
+
+    report = {"model": args.model, "lm": args.lm, "data_dir": args.data_dir, "graph_dir": graph.directory,
+              "arpa": arpa, "nbest": args.nbest, "decoder": dict(cfg.__dict__),
+              "weights": {"lm_weight": lw, "alpha": alpha, "tuned_on": args.dev_split},
+              "formula": "acoustic + lm_weight * (graph - ngram + (1 - alpha) * ngram + alpha * nnlm)",
+              "grid": gs.to_json()}
+    for split, s in splits.items():
+        refs, nb = s["refs"], s["nbest"]
+        systems = {"first_pass": first_pass(nb), "rescored": rescore(nb, lw, alpha), "oracle": oracle(nb, refs)}
+        wers = {}
+        for name, hyps in systems.items():
+            summ = write_results(os.path.join(args.out, split, name), refs, hyps,
+                                 {"split": split, "system": name})
+            wers[name] = {k: summ[k] for k in ("wer", "errors", "ref_words", "sub", "del", "ins", "ser")}
+        sig = compare_systems(refs, systems["first_pass"], systems["rescored"], seed=args.seed)
+        report[split] = {"wer": wers, "counts": counts(nb), "seconds": s["seconds"],
+                         "changed": sum(systems["rescored"][u] != systems["first_pass"][u] for u in refs),
+                         "significance": {"a": "first_pass", "b": "rescored",
+                                          "delta_wer": wers["rescored"]["wer"] - wers["first_pass"]["wer"],
+                                          "mapsswe": sig["mapsswe"], "bootstrap": sig["bootstrap"]}}
+        log.info("%s WER: first pass %.2f%%, rescored %.2f%%, oracle %.2f%% (MAPSSWE p=%.4g)", split,
+                 wers["first_pass"]["wer"], wers["rescored"]["wer"], wers["oracle"]["wer"],
+                 sig["mapsswe"]["p_value"])
+    with open(os.path.join(args.out, "rescore.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps({sp: report[sp]["wer"] for sp in splits} | {"weights": report["weights"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

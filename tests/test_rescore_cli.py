@@ -1,0 +1,61 @@
+"""rescore.py on the tiny corpus: a 2-step acoustic model and a few-step Transformer LM."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+LM_CONFIG = ("model:\n  d_model: 16\n  n_heads: 2\n  n_layers: 1\n  d_ff: 32\n  dropout: 0.0\n"
+             "train:\n  epochs: 1\n  batch_size: 32\n  warmup_steps: 1\n  checkpoint_every: 100\n  log_every: 1\n")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_corpus, small_train_config, tmp_path_factory):
+    d = tmp_path_factory.mktemp("rescore_models")
+    run_cli(["retrain.py", "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 2,
+             "--no-progress", "--out", d / "am"])
+    (d / "lm.yaml").write_text(LM_CONFIG)
+    run_cli(["train_lm.py", "--data-dir", tiny_corpus, "--config", d / "lm.yaml", "--max-steps", 3,
+             "--no-progress", "--out", d / "lm"])
+    return d
+
+
+def test_rescore_cli_writes_nbest_lists_and_wers(tiny_corpus, models, tmp_path):
+    out = tmp_path / "rescore"
+    run_cli(["rescore.py", "--model", models / "am" / "model.pt", "--lm", models / "lm" / "model.pt",
+             "--data-dir", tiny_corpus, "--out", out, "--nbest", 5, "--graph-cache", tmp_path / "graphs",
+             "--beam", 8, "--lattice-beam", 4, "--lm-weights", "0.5,1,2", "--alphas", "0,0.5,1", "--no-progress"])
+    rep = json.loads((out / "rescore.json").read_text())
+    assert rep["weights"]["tuned_on"] == "dev" and len(rep["grid"]["results"]) == 9
+    assert (rep["weights"]["lm_weight"], rep["weights"]["alpha"]) == \
+        (rep["grid"]["best"]["lm_weight"], rep["grid"]["best"]["alpha"])
+    for split in ("dev", "test"):
+        w = rep[split]["wer"]
+        assert w["oracle"]["wer"] <= w["rescored"]["wer"] and w["oracle"]["wer"] <= w["first_pass"]["wer"]
+        assert "p_value" in rep[split]["significance"]["mapsswe"]
+        lines = [json.loads(l) for l in (out / split / "nbest.jsonl").read_text().splitlines()]
+        assert len(lines) == rep[split]["counts"]["utterances"] > 0
+        for rec in lines:
+            seqs = [h["words"] for h in rec["hyps"]]
+            assert len(seqs) == len(set(seqs)) <= 5  # distinct word sequences
+            assert set(rec) == {"utt", "ref", "hyps"}
+            for h in rec["hyps"]:
+                assert set(h) == {"words", "acoustic", "graph", "ngram", "nnlm", "oov"}
+            totals = [h["acoustic"] + h["graph"] for h in rec["hyps"]]
+            assert totals == sorted(totals)  # first-pass order
+        first = (out / split / "first_pass" / "hyps.txt").read_text().splitlines()
+        assert [l.split(None, 1)[1:] for l in first] == \
+            [[r["hyps"][0]["words"]] if r["hyps"] and r["hyps"][0]["words"] else [] for r in lines]
+    # the dev grid's best WER is the dev rescored WER
+    assert rep["grid"]["best"]["wer"] == pytest.approx(rep["dev"]["wer"]["rescored"]["wer"])
+
+
+def test_rescore_cli_refuses_an_lm_with_another_vocabulary(tiny_corpus, models, tmp_path):
+    bad = tmp_path / "vocab.txt"
+    bad.write_text("<eos>\n<unk>\nNOT_A_WORD\n")
+    with pytest.raises(AssertionError, match="does not match the language model"):
+        run_cli(["rescore.py", "--model", models / "am" / "model.pt", "--lm", models / "lm" / "model.pt",
+                 "--lm-vocab", bad, "--data-dir", tiny_corpus, "--out", tmp_path / "x",
+                 "--graph-cache", tmp_path / "graphs", "--no-progress"])
