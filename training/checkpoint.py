@@ -37,6 +37,26 @@ def save_atomic(obj: Dict[str, Any], path) -> None:
         raise
 
 
+class NonFiniteTensorError(ValueError):
+    """A model about to be written holds NaN or infinite values."""
+
+
+def nonfinite_tensors(tensors: Dict[str, Any]) -> list:
+    """Names of the floating-point tensors in ``tensors`` (e.g. a state_dict) with a NaN or inf value."""
+    return [k for k, t in tensors.items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(tensors: Dict[str, Any], what) -> None:
+    """Raise :class:`NonFiniteTensorError` naming the non-finite tensors of ``tensors``; ``what`` names
+    the file that was about to be written."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise NonFiniteTensorError(f"refusing to write {what}: non-finite values in tensor(s) "
+                                   f"{', '.join(bad[:5])}{more}")
+
+
 def load(path, map_location="cpu") -> Dict[str, Any]:
     """Load a checkpoint written by :func:`save_atomic`; never unpickles arbitrary objects."""
     path = Path(path)

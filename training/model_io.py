@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def save_model_file(model, path, cmvn: Optional[Cmvn] = None) -> None:
+    """Write ``model`` (weights, config, CMVN) to ``path`` atomically; refuses a non-finite tensor."""
+    ckpt.check_finite(model.state_dict(), path)
     obj = {"config": model.cfg.to_json(), "state_dict": model.state_dict(), "format": "green-asr-model-v1"}
     if cmvn is not None:
         obj["cmvn_mean"] = cmvn.mean.clone()
