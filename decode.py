@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from training.cli import add_debug_flag
+
 log = logging.getLogger("decode")
 
 
@@ -57,6 +59,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     if args.config:
         import yaml
@@ -193,4 +196,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

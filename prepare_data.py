@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channel", type=int, default=0,
                    help="channel of multi-channel audio files to use (default: %(default)s, the first; each "
                         "such utterance is listed in summary.json under channel_selected)")
+    from training.cli import add_debug_flag
+
+    add_debug_flag(p)
     return p
 
 
@@ -168,6 +171,8 @@ def main(argv=None) -> int:
     try:
         summary = run(args)
     except (OOVError, DataError, TextSourceError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as e:
+        if args.debug:  # training.cli.run_main prints the traceback
+            raise
         logger.error("%s", e)
         return 2
     for name, st in summary["splits"].items():
@@ -181,4 +186,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

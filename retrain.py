@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from models.bottleneck_order import ORDER_METHODS
+from training.cli import add_debug_flag, number
 from training.distill import DistillHook, DistillOptions
 from training.loop import TrainHook, TrainOptions, Trainer
 
@@ -76,13 +77,35 @@ def load_config(path):
     return load_sections(path, ("train", "lfmmi", "quant", "distill"))
 
 
+QUANT_DEFAULTS = {"trainer": "ste", "admm_rho": 1e-3, "admm_update_every": 20}
+
+
+def quant_options(d) -> dict:
+    """The YAML ``quant:`` section with defaults filled in; unknown keys and bad values are errors."""
+    d = dict(d or {})
+    bad = sorted(set(d) - set(QUANT_DEFAULTS))
+    if bad:
+        raise ValueError(f"unknown quant option(s) {bad}; known: {sorted(QUANT_DEFAULTS)}")
+    opts = {**QUANT_DEFAULTS, **d}
+    if opts["trainer"] not in ("ste", "admm"):
+        raise ValueError(f"quant.trainer must be ste or admm, got {opts['trainer']!r}")
+    rho = opts["admm_rho"]
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not np.isfinite(rho) or rho <= 0:
+        raise ValueError(f"quant.admm_rho must be a finite number > 0, got {rho!r}")
+    every = opts["admm_update_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"quant.admm_update_every must be an integer >= 1, got {every!r}")
+    opts["admm_rho"] = float(rho)
+    return opts
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="prepared corpus (prepare_data.py)")
     p.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genotype", help="genotype JSON (train_search.py, KL/Hessian allocators)")
-    g.add_argument("--uniform-bits", type=int, help="uniform precision baseline (max bottlenecks)")
+    g.add_argument("--uniform-bits", type=number(minimum=1, integer=True), help="uniform precision baseline (max bottlenecks)")
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/quant sections")
     p.add_argument("--out", required=True)
     p.add_argument("--init-from", default=None, help="fine-tune from this float model.pt")
@@ -95,10 +118,11 @@ def parse_args(argv=None):
                         "(training.distill; weight and temperature from the config's distill: section)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--epochs", type=number(minimum=1, integer=True), default=None)
+    p.add_argument("--max-steps", type=number(minimum=1, integer=True), default=None)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -110,20 +134,20 @@ def main(argv=None):
     from quant.packing import export_packed
     from search_spaces.genotype import Genotype
     from training import distributed
-    from training.experiment import make_batches, make_lfmmi, start_run
+    from training.experiment import config_section, make_batches, make_lfmmi, start_run
     from training.model_io import cmvn_metadata, init_from, load_model_file, save_model_file
 
     cfg = load_config(args.config)
-    topts = TrainOptions.from_dict(cfg.get("train"))
+    topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
     if args.seed is not None:
         topts.seed = args.seed
     if args.epochs is not None:
         topts.epochs = args.epochs
     if args.max_steps is not None:
         topts.max_steps = args.max_steps
-    qcfg = dict(cfg.get("quant") or {})
-    trainer_kind = args.quant_trainer or qcfg.get("trainer", "ste")
-    dopts = DistillOptions.from_dict(cfg.get("distill"))
+    qcfg = config_section(args.config, quant_options, cfg.get("quant"))
+    trainer_kind = args.quant_trainer or qcfg["trainer"]
+    dopts = config_section(args.config, DistillOptions.from_dict, cfg.get("distill"))
 
     dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
     if args.genotype:
@@ -153,7 +177,7 @@ def main(argv=None):
         log.info("distilling from %s (weight %g, temperature %g)", args.distill_from, dopts.weight,
                  dopts.temperature)
     if trainer_kind == "admm":
-        hooks.append(ADMMHook(float(qcfg.get("admm_rho", 1e-3)), int(qcfg.get("admm_update_every", 20))))
+        hooks.append(ADMMHook(qcfg["admm_rho"], qcfg["admm_update_every"]))
     trainer = Trainer(model, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks,
                       show_progress=not args.no_progress)
     t0 = time.time()
@@ -189,4 +213,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

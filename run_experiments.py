@@ -28,9 +28,14 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from training.cli import add_debug_flag, run_main
+
 log = logging.getLogger("run_experiments")
 PY = sys.executable
 KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
+TOP_KEYS = {"data_dir", "systems", "space", "splits", "retrain_config", "search_config", "finetune_config",
+            "retrain_args", "decode_args", "reference", "search_from_fp32", "finetune_from_fp32",
+            "distill_from_fp32", "device", "out"}
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
                "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference"}
@@ -39,9 +44,16 @@ SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", 
 def load_config(path) -> Dict[str, Any]:
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping with keys data_dir and systems")
     for key in ("data_dir", "systems"):
         if key not in cfg:
             raise ValueError(f"{path}: missing required key {key!r}")
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+    if not isinstance(cfg["systems"], list) or not all(isinstance(s, dict) for s in cfg["systems"]):
+        raise ValueError(f"{path}: systems must be a list of mappings")
     names = set()
     for i, s in enumerate(cfg["systems"]):
         if s.get("kind") not in KINDS:
@@ -56,7 +68,23 @@ def load_config(path) -> Dict[str, Any]:
         names.add(s["name"])
         if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
             raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
+        _check_budget(path, s)
     return cfg
+
+
+def _check_budget(path, s) -> None:
+    """budget_ratio (a compression factor, >= 1) and budget_bytes (> 0) must be finite numbers."""
+    import math
+
+    for key, low, strict in (("budget_ratio", 1, False), ("budget_bytes", 0, True)):
+        if key not in s:
+            continue
+        v = s[key]
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and (
+            v > low if strict else v >= low)
+        if not ok:
+            raise ValueError(f"{path}: system {s['name']}: {key} must be a finite number "
+                             f"{'>' if strict else '>='} {low}, got {v!r}")
 
 
 def run(cmd: List[str], log_file: Path) -> None:
@@ -69,9 +97,16 @@ def run(cmd: List[str], log_file: Path) -> None:
         f.flush()
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
     if r.returncode != 0:
-        tail = "".join(open(log_file).readlines()[-30:])
-        raise RuntimeError(f"stage failed (exit {r.returncode}): {' '.join(cmd)}\n--- {log_file} ---\n{tail}")
+        raise RuntimeError(f"stage failed (exit {r.returncode}): {' '.join(cmd)}: {_last_error(log_file)} "
+                           f"(log: {log_file})")
     log.info("   done in %.0f s", time.time() - t0)
+
+
+def _last_error(log_file: Path) -> str:
+    """The last ``error: ...`` line of a stage's log, else its last non-empty line."""
+    lines = [l.strip() for l in open(log_file, errors="replace").read().splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("error:") or ": error:" in l]
+    return (errors or lines or ["(empty log)"])[-1]
 
 
 class SystemLock:
@@ -398,6 +433,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
     p.add_argument("--only", default=None, help="comma-separated systems to run, in this order")
     p.add_argument("--table-only", action="store_true", help="only write the table of finished systems")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(args.config)
@@ -415,4 +451,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 
 from models.bottleneck_order import ORDER_METHODS
+from training.cli import add_debug_flag, number
 from training.loop import TrainOptions, Trainer
 
 log = logging.getLogger("train_search")
@@ -133,9 +134,10 @@ def parse_args(argv=None):
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/search sections")
     p.add_argument("--out", required=True)
     t = p.add_mutually_exclusive_group()
-    t.add_argument("--target-bytes", type=float)
-    t.add_argument("--target-mb", type=float)
-    t.add_argument("--target-ratio", type=float, help="budget = fp32 size of the space's largest net / R")
+    t.add_argument("--target-bytes", type=number(above=0), help="size budget in packed bytes")
+    t.add_argument("--target-mb", type=number(above=0), help="size budget in MB (1e6 bytes)")
+    t.add_argument("--target-ratio", type=number(minimum=1),
+                   help="budget = fp32 size of the space's largest net / R (R >= 1; default 8)")
     p.add_argument("--init-from", default=None,
                    help="start the shared weights from this float model.pt (e.g. the fp32 baseline)")
     p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
@@ -145,14 +147,15 @@ def parse_args(argv=None):
                    help="float teacher model.pt: weight steps and architecture steps add the frame-level KL "
                         "to its chain output (training.distill; the config's distill: section)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
-    p.add_argument("--penalty-weight", type=float, default=None,
+    p.add_argument("--penalty-weight", type=number(minimum=0), default=None,
                    help="override search.penalty_weight (0: no size penalty, a diagnostic of the task signal)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--epochs", type=number(minimum=1, integer=True), default=None)
+    p.add_argument("--max-steps", type=number(minimum=1, integer=True), default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -163,13 +166,13 @@ def main(argv=None):
     from quant.cost_model import fp32_bytes
     from supernet.network import SuperNet
     from training import distributed
-    from training.experiment import make_batches, make_lfmmi, start_run, split_train
+    from training.experiment import config_section, make_batches, make_lfmmi, start_run, split_train
     from training.distill import DistillHook, DistillOptions
     from training.model_io import init_from, load_model_file
 
     cfg = load_config(args.config)
-    topts = TrainOptions.from_dict(cfg.get("train"))
-    sopts = search_options(cfg.get("search"))
+    topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
+    sopts = config_section(args.config, search_options, cfg.get("search"))
     if args.mode:
         sopts["mode"] = args.mode
     if args.penalty_weight is not None:
@@ -184,12 +187,12 @@ def main(argv=None):
     if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
         init_from(net, args.init_from, args.bottleneck_order)
     fp32 = fp32_bytes(space.network)
-    if args.target_bytes:
+    if args.target_bytes is not None:
         target = args.target_bytes
-    elif args.target_mb:
+    elif args.target_mb is not None:
         target = args.target_mb * 1e6
     else:
-        target = fp32 / (args.target_ratio or 8.0)
+        target = fp32 / (args.target_ratio if args.target_ratio is not None else 8.0)
     table = net.size_table()
     if target < table.min_bytes():
         raise SystemExit(f"target {target:.0f} bytes is below the smallest model of this space "
@@ -240,4 +243,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

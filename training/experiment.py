@@ -47,6 +47,14 @@ def load_sections(path, allowed) -> Dict[str, Any]:
     return cfg
 
 
+def config_section(path, parse, section):
+    """``parse(section)`` with the config file named in its error: ``<path>: <message>``."""
+    try:
+        return parse(section)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path or 'built-in defaults'}: {e}") from None
+
+
 def start_run(device: str, seed: int, out_dir, data_dir, space_name):
     """Common start of a training CLI: join torchrun's group if any, pick the device, seed every RNG,
     create ``out_dir``, load the corpus and the search space sized to its pdfs.
