@@ -103,6 +103,11 @@ def build_graph(args, lexicon):
     return g
 
 
+def failure_list(failures):
+    """[{"id", "reason"}] sorted by utterance id, for wer.json."""
+    return [{"id": k, "reason": failures[k]} for k in sorted(failures)]
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -138,11 +143,11 @@ def main(argv=None):
 
         feat_ex = Fbank(FbankConfig(num_mel_bins=args.num_mel_bins))
 
-    def run(split):
+    def run(split, failures):
         cuts = load_cuts(args.data_dir, split)
         t0 = time.time()
         outs = compute_outputs(model, cuts, cmvn, args.device, args.max_frames, 32, feat_ex,
-                               args.sampling_rate, progress)
+                               args.sampling_rate, progress, failures)
         return cuts, outs, time.time() - t0
 
     cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, max_active=args.max_active,
@@ -151,7 +156,11 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     extra = {}
     if args.sweep_dev:
-        dcuts, douts, _ = run("dev")
+        dev_failed = {}
+        dcuts, douts, _ = run("dev", dev_failed)
+        if dev_failed:
+            log.warning("dev sweep leaves out %d utterance(s) that could not be decoded", len(dev_failed))
+            extra["sweep_failed_utterances"] = failure_list(dev_failed)
         scales = [float(x) for x in args.sweep_acoustic_scales.split(",") if x]
         lmws = [float(x) for x in args.sweep_lm_weights.split(",") if x] or None
         res = sweep(douts, cut_references(dcuts), graph, scales, lmws, cfg, progress)
@@ -162,15 +171,20 @@ def main(argv=None):
         if lmws:  # an LM weight w equals acoustic scale a / w with graph weight 1 (up to beams)
             cfg.acoustic_scale = res["best"]["acoustic_scale"] / res["best"]["lm_weight"]
         log.info("dev sweep best: %s", extra["sweep_best"])
-    cuts, outs, t_fwd = run(args.split)
+    failed = {}
+    cuts, outs, t_fwd = run(args.split, failed)
     t0 = time.time()
-    hyps = decode_outputs(outs, graph, cfg, progress)
+    hyps = decode_outputs(outs, graph, cfg, progress, failed)
     t_dec = time.time() - t0
     audio_s = sum(c.duration for c in cuts)
     extra.update(model=args.model, split=args.split, data_dir=args.data_dir, graph_dir=graph.directory,
                  decoder=dict(cfg.__dict__), forward_seconds=round(t_fwd, 2),
                  decode_seconds=round(t_dec, 2), audio_seconds=round(audio_s, 2),
-                 rtf=round((t_fwd + t_dec) / max(audio_s, 1e-9), 4))
+                 rtf=round((t_fwd + t_dec) / max(audio_s, 1e-9), 4),
+                 num_failed=len(failed), failed_utterances=failure_list(failed))
+    if failed:
+        log.warning("%d of %d utterance(s) could not be decoded (scored as empty hypotheses): %s",
+                    len(failed), len(cuts), ", ".join(sorted(failed)))
     summary = write_results(out_dir, cut_references(cuts), hyps, extra)
     log.info("%s WER %.2f%% (%d/%d; S %d D %d I %d) SER %.2f%%", args.split, summary["wer"],
              summary["errors"], summary["ref_words"], summary["sub"], summary["del"], summary["ins"],
