@@ -9,7 +9,9 @@
 
 Outputs in --out: ``model.pt`` (float weights, config, CMVN), ``model.safetensors`` (the packed low-bit
 file whose bytes are the reported size), ``size.json`` (cost model vs bytes on disk), ``genotype.json``,
-``checkpoint.pt`` (for --resume), ``train_log.jsonl`` and TensorBoard logs under ``tb/``.
+``checkpoint.pt`` and ``checkpoint.prev.pt`` (for --resume), ``run_identity.json`` (what the run is:
+--resume refuses a directory holding another run), ``train_log.jsonl`` and TensorBoard logs under ``tb/``.
+A second process on the same --out is refused (``.run.lock``, training/rundir.py).
 """
 from __future__ import annotations
 
@@ -135,7 +137,9 @@ def main(argv=None):
     from search_spaces.genotype import Genotype
     from training import distributed
     from training.experiment import config_section, make_batches, make_lfmmi, start_run
+    from training.checkpoint import has_checkpoint
     from training.model_io import cmvn_metadata, init_from, load_model_file, save_model_file
+    from training.rundir import abspath_or_none, claim_out_dir, config_hash, genotype_hash
 
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
@@ -158,7 +162,14 @@ def main(argv=None):
         geno = Genotype.full_precision(space)
     mcfg = geno.to_config(space, num_pdfs=corpus.num_pdfs)
     model = build_model(mcfg)
-    if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
+    identity = {"kind": "retrain", "space": space.name,
+                "architecture": "genotype" if args.genotype else (
+                    f"uniform-{args.uniform_bits}bit" if args.uniform_bits is not None else "fp32"),
+                "genotype_hash": genotype_hash(geno), "config_hash": config_hash(cfg, quant_trainer=trainer_kind),
+                "data_dir": abspath_or_none(args.data_dir), "seed": topts.seed,
+                "init_from": abspath_or_none(args.init_from), "distill_from": abspath_or_none(args.distill_from)}
+    claim_out_dir(out, identity, args.resume, dinfo.is_main)  # refuses another run's dir before writing
+    if args.init_from and not (args.resume and has_checkpoint(out / "checkpoint.pt")):
         init_from(model, args.init_from, args.bottleneck_order)
     if dinfo.is_main:
         geno.save(str(out / "genotype.json"))

@@ -102,6 +102,11 @@ def run(cmd: List[str], log_file: Path) -> None:
     log.info("   done in %.0f s", time.time() - t0)
 
 
+def has_checkpoint(path: Path) -> bool:
+    """``checkpoint.pt`` or the previous one it falls back to (training.checkpoint.load_latest)."""
+    return path.is_file() or path.with_name(path.stem + ".prev" + path.suffix).is_file()
+
+
 def _last_error(log_file: Path) -> str:
     """The last ``error: ...`` line of a stage's log, else its last non-empty line."""
     lines = [l.strip() for l in open(log_file, errors="replace").read().splitlines() if l.strip()]
@@ -204,7 +209,7 @@ class Runner:
                 cmd += ["--distill-from", str(self.fp32_model())]
             if not s.get("search_bottleneck", True):
                 cmd += ["--no-bottleneck-search"]
-            if (sd / "checkpoint.pt").is_file():
+            if has_checkpoint(sd / "checkpoint.pt"):
                 cmd += ["--resume"]
             run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt")
             g.write_text((sd / "genotype.json").read_text())
@@ -241,7 +246,7 @@ class Runner:
             cmd += ["--distill-from", str(self.fp32_model())]  # weight/temperature: the config's distill:
         if s.get("quant_trainer"):
             cmd += ["--quant-trainer", s["quant_trainer"]]
-        if (d / "checkpoint.pt").is_file():
+        if has_checkpoint(d / "checkpoint.pt"):
             cmd += ["--resume"]
         run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt")
 

@@ -168,7 +168,9 @@ def main(argv=None):
     from training import distributed
     from training.experiment import config_section, make_batches, make_lfmmi, start_run, split_train
     from training.distill import DistillHook, DistillOptions
+    from training.checkpoint import has_checkpoint
     from training.model_io import init_from, load_model_file
+    from training.rundir import abspath_or_none, claim_out_dir, config_hash
 
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
@@ -184,8 +186,6 @@ def main(argv=None):
     search_space = space.bits_only() if args.no_bottleneck_search else space
     net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
                               hard=bool(sopts["hard"]))
-    if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
-        init_from(net, args.init_from, args.bottleneck_order)
     fp32 = fp32_bytes(space.network)
     if args.target_bytes is not None:
         target = args.target_bytes
@@ -197,6 +197,13 @@ def main(argv=None):
     if target < table.min_bytes():
         raise SystemExit(f"target {target:.0f} bytes is below the smallest model of this space "
                          f"({table.min_bytes():.0f} bytes)")
+    identity = {"kind": "search", "space": space.name, "bottleneck_search": not args.no_bottleneck_search,
+                "target_bytes": target, "config_hash": config_hash(cfg, search=sopts),
+                "data_dir": abspath_or_none(args.data_dir), "seed": topts.seed,
+                "init_from": abspath_or_none(args.init_from), "distill_from": abspath_or_none(args.distill_from)}
+    claim_out_dir(out, identity, args.resume, dinfo.is_main)  # refuses another run's dir before writing
+    if args.init_from and not (args.resume and has_checkpoint(out / "checkpoint.pt")):
+        init_from(net, args.init_from, args.bottleneck_order)
     log.info("size budget %.0f bytes (fp32 %d bytes, ratio %.1fx); space spans %.0f..%.0f bytes",
              target, fp32, fp32 / target, table.min_bytes(), table.max_bytes())
     penalty = SizePenalty(table, target, kind=sopts["penalty"], weight=float(sopts["penalty_weight"]),

@@ -57,7 +57,8 @@ def config_section(path, parse, section):
 
 def start_run(device: str, seed: int, out_dir, data_dir, space_name):
     """Common start of a training CLI: join torchrun's group if any, pick the device, seed every RNG,
-    create ``out_dir``, load the corpus and the search space sized to its pdfs.
+    load the corpus and the search space sized to its pdfs. ``out_dir`` is not created here: the CLI
+    claims it (:func:`training.rundir.claim_out_dir`) once it knows the run's identity.
 
     Returns ``(dist_info, torch_device, out_path, corpus, space)``."""
     import random
@@ -74,7 +75,6 @@ def start_run(device: str, seed: int, out_dir, data_dir, space_name):
     np.random.seed(seed)
     torch.manual_seed(seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(data_dir)
     space = load_search_space(space_name, num_pdfs=corpus.num_pdfs)
     return dinfo, dev, out, corpus, space

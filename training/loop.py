@@ -4,7 +4,9 @@ One :class:`Trainer` owns the model (optionally wrapped in DistributedDataParall
 (Adam), the learning-rate schedule (linear warm-up, then exponential decay from ``lr`` to ``final_lr``
 as Kaldi's chain recipes do), gradient clipping, Kaldi's semi-orthogonal constraint every
 ``orth_every`` steps, validation each epoch, TensorBoard scalars, tqdm progress and atomic checkpoints
-every ``checkpoint_every`` steps and at each epoch end. ``fit(resume=True)`` continues exactly where a
+every ``checkpoint_every`` steps and at each epoch end (the one before kept as ``checkpoint.prev.pt``,
+the fallback when the latest is corrupt). A batch with non-finite features, output, loss or gradient is
+skipped without changing any state, counted per epoch, and bounded by ``max_skip_fraction``. ``fit(resume=True)`` continues exactly where a
 killed run stopped: parameters, optimizer and scheduler state, random generators, and the position
 inside the epoch.
 
@@ -166,6 +168,7 @@ class Trainer:
         self.show_progress = show_progress and self.dist.is_main
         self._tb = tb_writer
         self._tb_owned = False
+        self._saved_position = None  # (step, epoch, batch_in_epoch) of the last checkpoint written
 
     # ------------------------------------------------------------------ schedule
     def _lr_factor(self, step: int) -> float:
@@ -220,20 +223,29 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` (rank 0); a model with a non-finite tensor is never written."""
+        position = (self.step, self.epoch, self.batch_in_epoch)
+        if position == self._saved_position:  # already saved (e.g. max_steps on a checkpoint step):
+            return                             # saving again would rotate the previous one away
+        self._saved_position = position
         if self.dist.is_main:
             state = self.state_dict()
             ckpt.check_finite(state["model"], self.checkpoint_path)
-            ckpt.save_atomic(state, self.checkpoint_path)
+            ckpt.save_rotating(state, self.checkpoint_path)  # the previous one stays as checkpoint.prev.pt
             log.info("saved checkpoint at step %d (epoch %d, batch %d)", self.step, self.epoch,
                      self.batch_in_epoch)
 
     def load_checkpoint(self, path=None) -> None:
-        st = ckpt.load(path or self.checkpoint_path, map_location=self.device)
+        """Restore the training state from ``path`` (default: ``checkpoint.pt``, else, with a warning,
+        ``checkpoint.prev.pt`` when the latest is missing or corrupt)."""
+        if path is None:
+            st, path = ckpt.load_latest(self.checkpoint_path, map_location=self.device)
+        else:
+            st = ckpt.load(path, map_location=self.device)
         try:
             self.raw_model.load_state_dict(st["model"])
         except RuntimeError as e:
             raise RuntimeError(
-                f"checkpoint {path or self.checkpoint_path} does not match this model's architecture "
+                f"checkpoint {path} does not match this model's architecture "
                 f"(was it written by another config or genotype?): {e}"
             ) from e
         self.optimizer.load_state_dict(st["optimizer"])
@@ -248,7 +260,7 @@ class Trainer:
             if h.name in st["hooks"]:
                 h.load_state_dict(st["hooks"][h.name])
         ckpt.set_rng_state(st["rng"])
-        log.info("resumed from %s at epoch %d, batch %d, step %d", path or self.checkpoint_path,
+        log.info("resumed from %s at epoch %d, batch %d, step %d", path,
                  self.epoch, self.batch_in_epoch, self.step)
 
     # ------------------------------------------------------------------ steps
@@ -377,7 +389,7 @@ class Trainer:
         """Train for ``opts.epochs`` (or ``opts.max_steps``); return the last validation stats."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            if self.checkpoint_path.is_file():
+            if ckpt.has_checkpoint(self.checkpoint_path):
                 self.load_checkpoint()
             else:
                 log.warning("--resume given but %s does not exist: starting from scratch",
