@@ -173,8 +173,10 @@ def main(argv=None) -> int:
     except (OOVError, DataError, TextSourceError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as e:
         if args.debug:  # training.cli.run_main prints the traceback
             raise
-        logger.error("%s", e)
-        return 2
+        from training.cli import EXIT_ERROR, one_line
+
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     for name, st in summary["splits"].items():
         logger.info("%-5s %7.3f h %6d utts %4d speakers %6d words vocab  e.g. %r", name, st["hours"],
                     st["utterances"], st["speakers"], st["vocabulary"], st["example"])

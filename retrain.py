@@ -139,7 +139,7 @@ def main(argv=None):
     from training.experiment import config_section, make_batches, make_lfmmi, start_run
     from training.checkpoint import has_checkpoint
     from training.model_io import cmvn_metadata, init_from, load_model_file, save_model_file
-    from training.rundir import abspath_or_none, claim_out_dir, config_hash, genotype_hash
+    from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash, genotype_hash
 
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
@@ -168,12 +168,9 @@ def main(argv=None):
                 "genotype_hash": genotype_hash(geno), "config_hash": config_hash(cfg, quant_trainer=trainer_kind),
                 "data_dir": abspath_or_none(args.data_dir), "seed": topts.seed,
                 "init_from": abspath_or_none(args.init_from), "distill_from": abspath_or_none(args.distill_from)}
-    claim_out_dir(out, identity, args.resume, dinfo.is_main)  # refuses another run's dir before writing
+    check_identity(out, identity, args.resume)  # fail fast; claimed below, once every input has loaded
     if args.init_from and not (args.resume and has_checkpoint(out / "checkpoint.pt")):
         init_from(model, args.init_from, args.bottleneck_order)
-    if dinfo.is_main:
-        geno.save(str(out / "genotype.json"))
-        log.info("architecture:\n%s", geno.summary(space))
 
     loss_fn, compiler, den = make_lfmmi(corpus, cfg.get("lfmmi"))
     train = make_batches(corpus.cuts("train"), corpus, topts.max_duration, True, topts.seed, dinfo)
@@ -189,6 +186,11 @@ def main(argv=None):
                  dopts.temperature)
     if trainer_kind == "admm":
         hooks.append(ADMMHook(qcfg["admm_rho"], qcfg["admm_update_every"]))
+    # the first write into --out: lock it, check and record what the run is
+    claim_out_dir(out, identity, args.resume, dinfo.is_main)
+    if dinfo.is_main:
+        geno.save(str(out / "genotype.json"))
+        log.info("architecture:\n%s", geno.summary(space))
     trainer = Trainer(model, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks,
                       show_progress=not args.no_progress)
     t0 = time.time()

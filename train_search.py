@@ -170,7 +170,7 @@ def main(argv=None):
     from training.distill import DistillHook, DistillOptions
     from training.checkpoint import has_checkpoint
     from training.model_io import init_from, load_model_file
-    from training.rundir import abspath_or_none, claim_out_dir, config_hash
+    from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash
 
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
@@ -201,7 +201,7 @@ def main(argv=None):
                 "target_bytes": target, "config_hash": config_hash(cfg, search=sopts),
                 "data_dir": abspath_or_none(args.data_dir), "seed": topts.seed,
                 "init_from": abspath_or_none(args.init_from), "distill_from": abspath_or_none(args.distill_from)}
-    claim_out_dir(out, identity, args.resume, dinfo.is_main)  # refuses another run's dir before writing
+    check_identity(out, identity, args.resume)  # fail fast; claimed below, once every input has loaded
     if args.init_from and not (args.resume and has_checkpoint(out / "checkpoint.pt")):
         init_from(net, args.init_from, args.bottleneck_order)
     log.info("size budget %.0f bytes (fp32 %d bytes, ratio %.1fx); space spans %.0f..%.0f bytes",
@@ -238,6 +238,7 @@ def main(argv=None):
         log.info("distilling from %s", args.distill_from)
     hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target,
                             sopts["derivation"], entropy, arch_extra_losses=hooks)
+    claim_out_dir(out, identity, args.resume, dinfo.is_main)  # the first write into --out
     trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks + [hook],
                       params=net.weight_parameters(), show_progress=not args.no_progress)
     with open(out / "search_config.json", "w") as f:

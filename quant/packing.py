@@ -191,6 +191,9 @@ def load_packed(path: str, device: str = "cpu") -> TDNNF:
         tensors = load_file(path)
     except (SafetensorError, OSError, RuntimeError) as e:
         raise PackedModelError(f"{path}: cannot read tensors: {e}") from None
+    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise PackedModelError(f"{path}: non-finite values in tensor(s) {', '.join(bad[:5])}")
     expected = {}
     layout = tensor_layout(cfg, include_xent)
     for info in layout:

@@ -94,13 +94,13 @@ def nonfinite_tensors(tensors: Dict[str, Any]) -> list:
             if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
-def check_finite(tensors: Dict[str, Any], what) -> None:
+def check_finite(tensors: Dict[str, Any], what, action: str = "write") -> None:
     """Raise :class:`NonFiniteTensorError` naming the non-finite tensors of ``tensors``; ``what`` names
-    the file that was about to be written."""
+    the file that was about to be written (or read, with ``action="read"``)."""
     bad = nonfinite_tensors(tensors)
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise NonFiniteTensorError(f"refusing to write {what}: non-finite values in tensor(s) "
+        raise NonFiniteTensorError(f"refusing to {action} {what}: non-finite values in tensor(s) "
                                    f"{', '.join(bad[:5])}{more}")
 
 

@@ -45,8 +45,10 @@ def load_model_file(path, device="cpu"):
         model.cmvn = Cmvn(**json.loads(meta["cmvn"])) if "cmvn" in meta else None
         return model
     obj = ckpt.load(p, map_location="cpu")
-    if obj.get("format") != "green-asr-model-v1":
-        raise ValueError(f"{p} is not a model file written by retrain.py (format={obj.get('format')!r})")
+    if not isinstance(obj, dict) or obj.get("format") != "green-asr-model-v1":
+        fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{p} is not a model file written by retrain.py (format={fmt!r})")
+    ckpt.check_finite(obj["state_dict"], p, action="read")
     cfg = TDNNFConfig.from_dict(json.loads(obj["config"]))
     model = build_model(cfg)
     try:
