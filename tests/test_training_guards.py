@@ -204,3 +204,19 @@ def test_retrain_with_many_bad_batches_fails_clearly(tiny_corpus, small_train_co
     assert r.returncode == 2
     assert "error: epoch 1 skipped 2 of" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "model.pt").exists()
+
+
+def test_ddp_ranks_skip_a_bad_batch_together(tiny_corpus, small_train_config, tmp_path):
+    from tests.test_training_loop import _free_port
+
+    data = tmp_path / "data"
+    bad = corpus_with_nan_features(tiny_corpus, data, "train", num_cuts=1)
+    out = tmp_path / "ddp"
+    r = run_cli(["-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_port", _free_port(), "retrain.py",
+                 "--data-dir", data, "--config", small_train_config, "--epochs", 1, "--no-progress", "--out", out])
+    size = json.load(open(out / "size.json"))
+    assert size["world_size"] == 2 and size["skipped_batches"] == 1
+    sums = size["ddp_param_checksums"]
+    assert sums[0] == sums[1] and all(math.isfinite(x) for x in sums[0])
+    assert "non-finite features at step" in r.stderr and bad[0] in r.stderr
+    assert "non-finite features on another rank" in r.stderr  # the rank whose own batch was finite

@@ -118,6 +118,11 @@ class TrainHook:
     def load_state_dict(self, state: Dict[str, Any]) -> None: ...
 
 
+def _reason(what: str, here: bool) -> str:
+    """A skip's reason; under DDP the batch of a rank may be skipped for another rank's values."""
+    return what if here else f"{what} on another rank"
+
+
 class Trainer:
     """Train ``model`` with ``loss_fn`` (an :class:`lfmmi.LFMMILoss`) on batches of ``train``.
 
@@ -284,8 +289,9 @@ class Trainer:
         self.raw_model.train()
         if hasattr(self.raw_model, "set_training_progress"):  # dropout schedule
             self.raw_model.set_training_progress(self.progress)
-        if self._any_rank(not bool(torch.isfinite(batch["feats"]).all())):
-            return self._skip_batch(batch, "non-finite features")
+        bad_feats = not bool(torch.isfinite(batch["feats"]).all())
+        if self._any_rank(bad_feats):
+            return self._skip_batch(batch, _reason("non-finite features", bad_feats))
         buffers = self._snapshot_buffers()
         loss, stats, outputs = self.forward_loss(batch, train=True)
         extra_total = 0.0
@@ -300,7 +306,8 @@ class Trainer:
         bad_loss = not bool(torch.isfinite(loss.detach()))
         if self._any_rank(bad_output or bad_loss):
             self._restore_buffers(buffers)
-            return self._skip_batch(batch, "non-finite network output" if bad_output else "non-finite loss")
+            what = "non-finite network output" if bad_output else "non-finite loss"
+            return self._skip_batch(batch, _reason(what, bad_output or bad_loss))
         self.skipped_sequences += int(stats.get("skipped", 0))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
