@@ -10,6 +10,9 @@ Writes hyps.txt, refs.txt, alignments.txt, per_utt.jsonl, wer.json (and sweep.js
 significance.json) into --out. All WER figures are percentages ("wer": 12.5 means 12.5 %); with
 --compare, wer.json["compare"] holds "delta_wer" (this minus baseline, percent points), "mapsswe"
 and "bootstrap" (each with "p_value"). The graph is cached under --graph-cache keyed by lexicon + LM.
+An utterance that cannot be decoded (non-finite features or network output, no surviving path) is
+named in the log and in wer.json["failed_utterances"] (id, reason; count in "num_failed") and scored
+as an empty hypothesis.
 """
 from __future__ import annotations
 
