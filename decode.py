@@ -10,6 +10,9 @@ Writes hyps.txt, refs.txt, alignments.txt, per_utt.jsonl, wer.json (and sweep.js
 significance.json) into --out. All WER figures are percentages ("wer": 12.5 means 12.5 %); with
 --compare, wer.json["compare"] holds "delta_wer" (this minus baseline, percent points), "mapsswe"
 and "bootstrap" (each with "p_value"). The graph is cached under --graph-cache keyed by lexicon + LM.
+An utterance that cannot be decoded (non-finite features or network output, no surviving path) is
+named in the log and in wer.json["failed_utterances"] (id, reason; count in "num_failed") and scored
+as an empty hypothesis.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import logging
 import os
 import sys
 import time
+
+from training.cli import add_debug_flag
 
 log = logging.getLogger("decode")
 
@@ -57,6 +62,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     if args.config:
         import yaml
@@ -122,6 +128,11 @@ def feature_extractor(num_mel_bins: int = 40):
     return Fbank(FbankConfig(num_mel_bins=num_mel_bins))
 
 
+def failure_list(failures):
+    """[{"id", "reason"}] sorted by utterance id, for wer.json."""
+    return [{"id": k, "reason": failures[k]} for k in sorted(failures)]
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -147,11 +158,11 @@ def main(argv=None):
     progress = not args.no_progress
     feat_ex = feature_extractor(args.num_mel_bins)
 
-    def run(split):
+    def run(split, failures):
         cuts = load_cuts(args.data_dir, split)
         t0 = time.time()
         outs = compute_outputs(model, cuts, cmvn, args.device, args.max_frames, 32, feat_ex,
-                               args.sampling_rate, progress)
+                               args.sampling_rate, progress, failures)
         return cuts, outs, time.time() - t0
 
     cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, max_active=args.max_active,
@@ -160,7 +171,11 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     extra = {}
     if args.sweep_dev:
-        dcuts, douts, _ = run("dev")
+        dev_failed = {}
+        dcuts, douts, _ = run("dev", dev_failed)
+        if dev_failed:
+            log.warning("dev sweep leaves out %d utterance(s) that could not be decoded", len(dev_failed))
+            extra["sweep_failed_utterances"] = failure_list(dev_failed)
         scales = [float(x) for x in args.sweep_acoustic_scales.split(",") if x]
         lmws = [float(x) for x in args.sweep_lm_weights.split(",") if x] or None
         res = sweep(douts, cut_references(dcuts), graph, scales, lmws, cfg, progress)
@@ -171,15 +186,20 @@ def main(argv=None):
         if lmws:  # an LM weight w equals acoustic scale a / w with graph weight 1 (up to beams)
             cfg.acoustic_scale = res["best"]["acoustic_scale"] / res["best"]["lm_weight"]
         log.info("dev sweep best: %s", extra["sweep_best"])
-    cuts, outs, t_fwd = run(args.split)
+    failed = {}
+    cuts, outs, t_fwd = run(args.split, failed)
     t0 = time.time()
-    hyps = decode_outputs(outs, graph, cfg, progress)
+    hyps = decode_outputs(outs, graph, cfg, progress, failed)
     t_dec = time.time() - t0
     audio_s = sum(c.duration for c in cuts)
     extra.update(model=args.model, split=args.split, data_dir=args.data_dir, graph_dir=graph.directory,
                  decoder=dict(cfg.__dict__), forward_seconds=round(t_fwd, 2),
                  decode_seconds=round(t_dec, 2), audio_seconds=round(audio_s, 2),
-                 rtf=round((t_fwd + t_dec) / max(audio_s, 1e-9), 4))
+                 rtf=round((t_fwd + t_dec) / max(audio_s, 1e-9), 4),
+                 num_failed=len(failed), failed_utterances=failure_list(failed))
+    if failed:
+        log.warning("%d of %d utterance(s) could not be decoded (scored as empty hypotheses): %s",
+                    len(failed), len(cuts), ", ".join(sorted(failed)))
     summary = write_results(out_dir, cut_references(cuts), hyps, extra)
     log.info("%s WER %.2f%% (%d/%d; S %d D %d I %d) SER %.2f%%", args.split, summary["wer"],
              summary["errors"], summary["ref_words"], summary["sub"], summary["del"], summary["ins"],
@@ -205,4 +225,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

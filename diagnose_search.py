@@ -225,6 +225,9 @@ def oneshot(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from training.cli import add_debug_flag
+
+    add_debug_flag(p)  # before the sub-command: diagnose_search.py --debug slicing ...
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quant-error", help="relative weight error per bit-width")
     q.add_argument("--model", required=True)
@@ -255,4 +258,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from models.bottleneck_order import ORDER_METHODS
+from training.cli import add_debug_flag, number
 
 log = logging.getLogger("mixed_precision")
 
@@ -50,17 +51,17 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="prepared corpus (needed to measure)")
     p.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
     b = p.add_mutually_exclusive_group(required=True)
-    b.add_argument("--budget-bytes", type=float, help="packed-size budget in bytes")
-    b.add_argument("--budget-ratio", type=float,
+    b.add_argument("--budget-bytes", type=number(above=0), help="packed-size budget in bytes")
+    b.add_argument("--budget-ratio", type=number(above=0),
                    help="R <= 1: budget = R * fp32 bytes; R > 1: budget = fp32 bytes / R")
-    b.add_argument("--compression", "--target-ratio", dest="compression", type=float,
+    b.add_argument("--compression", "--target-ratio", dest="compression", type=number(minimum=1),
                    help="budget = fp32 bytes / C (C >= 1), as train_search.py --target-ratio")
     p.add_argument("--out", required=True, help="genotype JSON to write")
     p.add_argument("--sensitivity-out", default=None, help="default: <out without .json>.sensitivity.json")
     p.add_argument("--frontier-out", default=None, help="also write the (bytes, sensitivity) Pareto frontier")
     p.add_argument("--split", default="dev", help="held-out cuts to measure on (dev)")
-    p.add_argument("--max-batches", type=int, default=4)
-    p.add_argument("--max-duration", type=float, default=60.0, help="seconds of audio per batch")
+    p.add_argument("--max-batches", type=number(minimum=1, integer=True), default=4)
+    p.add_argument("--max-duration", type=number(above=0), default=60.0, help="seconds of audio per batch")
     p.add_argument("--config", default=None, help="YAML with an lfmmi: section (retrain config); hessian only")
     p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
                    help="order the model's bottleneck units as retrain.py --init-from does (default: %(default)s)")
@@ -83,17 +84,12 @@ def parse_args(argv=None):
     p.add_argument("--max-cells", type=int, default=200_000, help="knapsack DP grid size")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    add_debug_flag(p)
     args = p.parse_args(argv)
     if (args.method is None) == (args.sensitivity_in is None):
         p.error("give exactly one of --method and --sensitivity-in")
     if args.method is not None and not args.data_dir:
         p.error("--data-dir is needed to measure sensitivities")
-    if args.budget_ratio is not None and not args.budget_ratio > 0:
-        p.error("--budget-ratio must be > 0")
-    if args.compression is not None and args.compression < 1:
-        p.error("--compression must be >= 1")
-    if args.max_batches < 1:
-        p.error("--max-batches must be >= 1")
     return args
 
 
@@ -260,4 +256,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

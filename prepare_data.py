@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channel", type=int, default=0,
                    help="channel of multi-channel audio files to use (default: %(default)s, the first; each "
                         "such utterance is listed in summary.json under channel_selected)")
+    from training.cli import add_debug_flag
+
+    add_debug_flag(p)
     return p
 
 
@@ -168,8 +171,12 @@ def main(argv=None) -> int:
     try:
         summary = run(args)
     except (OOVError, DataError, TextSourceError, FileNotFoundError, FileExistsError, RuntimeError, ValueError) as e:
-        logger.error("%s", e)
-        return 2
+        if args.debug:  # training.cli.run_main prints the traceback
+            raise
+        from training.cli import EXIT_ERROR, one_line
+
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     for name, st in summary["splits"].items():
         logger.info("%-5s %7.3f h %6d utts %4d speakers %6d words vocab  e.g. %r", name, st["hours"],
                     st["utterances"], st["speakers"], st["vocabulary"], st["example"])
@@ -181,4 +188,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

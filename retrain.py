@@ -9,7 +9,9 @@
 
 Outputs in --out: ``model.pt`` (float weights, config, CMVN), ``model.safetensors`` (the packed low-bit
 file whose bytes are the reported size), ``size.json`` (cost model vs bytes on disk), ``genotype.json``,
-``checkpoint.pt`` (for --resume), ``train_log.jsonl`` and TensorBoard logs under ``tb/``.
+``checkpoint.pt`` and ``checkpoint.prev.pt`` (for --resume), ``run_identity.json`` (what the run is:
+--resume refuses a directory holding another run), ``train_log.jsonl`` and TensorBoard logs under ``tb/``.
+A second process on the same --out is refused (``.run.lock``, training/rundir.py).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import time
 import numpy as np
 
 from models.bottleneck_order import ORDER_METHODS
+from training.cli import add_debug_flag, number
 from training.distill import DistillHook, DistillOptions
 from training.loop import TrainHook, TrainOptions, Trainer
 
@@ -76,13 +79,35 @@ def load_config(path):
     return load_sections(path, ("train", "lfmmi", "quant", "distill"))
 
 
+QUANT_DEFAULTS = {"trainer": "ste", "admm_rho": 1e-3, "admm_update_every": 20}
+
+
+def quant_options(d) -> dict:
+    """The YAML ``quant:`` section with defaults filled in; unknown keys and bad values are errors."""
+    d = dict(d or {})
+    bad = sorted(set(d) - set(QUANT_DEFAULTS))
+    if bad:
+        raise ValueError(f"unknown quant option(s) {bad}; known: {sorted(QUANT_DEFAULTS)}")
+    opts = {**QUANT_DEFAULTS, **d}
+    if opts["trainer"] not in ("ste", "admm"):
+        raise ValueError(f"quant.trainer must be ste or admm, got {opts['trainer']!r}")
+    rho = opts["admm_rho"]
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not np.isfinite(rho) or rho <= 0:
+        raise ValueError(f"quant.admm_rho must be a finite number > 0, got {rho!r}")
+    every = opts["admm_update_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"quant.admm_update_every must be an integer >= 1, got {every!r}")
+    opts["admm_rho"] = float(rho)
+    return opts
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="prepared corpus (prepare_data.py)")
     p.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--genotype", help="genotype JSON (train_search.py, KL/Hessian allocators)")
-    g.add_argument("--uniform-bits", type=int, help="uniform precision baseline (max bottlenecks)")
+    g.add_argument("--uniform-bits", type=number(minimum=1, integer=True), help="uniform precision baseline (max bottlenecks)")
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/quant sections")
     p.add_argument("--out", required=True)
     p.add_argument("--init-from", default=None, help="fine-tune from this float model.pt")
@@ -95,10 +120,11 @@ def parse_args(argv=None):
                         "(training.distill; weight and temperature from the config's distill: section)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--epochs", type=number(minimum=1, integer=True), default=None)
+    p.add_argument("--max-steps", type=number(minimum=1, integer=True), default=None)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -110,20 +136,22 @@ def main(argv=None):
     from quant.packing import export_packed
     from search_spaces.genotype import Genotype
     from training import distributed
-    from training.experiment import make_batches, make_lfmmi, start_run
+    from training.experiment import config_section, make_batches, make_lfmmi, start_run
+    from training.checkpoint import has_checkpoint
     from training.model_io import cmvn_metadata, init_from, load_model_file, save_model_file
+    from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash, genotype_hash
 
     cfg = load_config(args.config)
-    topts = TrainOptions.from_dict(cfg.get("train"))
+    topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
     if args.seed is not None:
         topts.seed = args.seed
     if args.epochs is not None:
         topts.epochs = args.epochs
     if args.max_steps is not None:
         topts.max_steps = args.max_steps
-    qcfg = dict(cfg.get("quant") or {})
-    trainer_kind = args.quant_trainer or qcfg.get("trainer", "ste")
-    dopts = DistillOptions.from_dict(cfg.get("distill"))
+    qcfg = config_section(args.config, quant_options, cfg.get("quant"))
+    trainer_kind = args.quant_trainer or qcfg["trainer"]
+    dopts = config_section(args.config, DistillOptions.from_dict, cfg.get("distill"))
 
     dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
     if args.genotype:
@@ -134,11 +162,15 @@ def main(argv=None):
         geno = Genotype.full_precision(space)
     mcfg = geno.to_config(space, num_pdfs=corpus.num_pdfs)
     model = build_model(mcfg)
-    if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
+    identity = {"kind": "retrain", "space": space.name,
+                "architecture": "genotype" if args.genotype else (
+                    f"uniform-{args.uniform_bits}bit" if args.uniform_bits is not None else "fp32"),
+                "genotype_hash": genotype_hash(geno), "config_hash": config_hash(cfg, quant_trainer=trainer_kind),
+                "data_dir": abspath_or_none(args.data_dir), "seed": topts.seed,
+                "init_from": abspath_or_none(args.init_from), "distill_from": abspath_or_none(args.distill_from)}
+    check_identity(out, identity, args.resume)  # fail fast; claimed below, once every input has loaded
+    if args.init_from and not (args.resume and has_checkpoint(out / "checkpoint.pt")):
         init_from(model, args.init_from, args.bottleneck_order)
-    if dinfo.is_main:
-        geno.save(str(out / "genotype.json"))
-        log.info("architecture:\n%s", geno.summary(space))
 
     loss_fn, compiler, den = make_lfmmi(corpus, cfg.get("lfmmi"))
     train = make_batches(corpus.cuts("train"), corpus, topts.max_duration, True, topts.seed, dinfo)
@@ -153,7 +185,12 @@ def main(argv=None):
         log.info("distilling from %s (weight %g, temperature %g)", args.distill_from, dopts.weight,
                  dopts.temperature)
     if trainer_kind == "admm":
-        hooks.append(ADMMHook(float(qcfg.get("admm_rho", 1e-3)), int(qcfg.get("admm_update_every", 20))))
+        hooks.append(ADMMHook(qcfg["admm_rho"], qcfg["admm_update_every"]))
+    # the first write into --out: lock it, check and record what the run is
+    claim_out_dir(out, identity, args.resume, dinfo.is_main)
+    if dinfo.is_main:
+        geno.save(str(out / "genotype.json"))
+        log.info("architecture:\n%s", geno.summary(space))
     trainer = Trainer(model, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks,
                       show_progress=not args.no_progress)
     t0 = time.time()
@@ -189,4 +226,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

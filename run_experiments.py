@@ -28,10 +28,14 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from runner.console import Console, run_stage
+from training.cli import add_debug_flag, run_main
 
 log = logging.getLogger("run_experiments")
 PY = sys.executable
 KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
+TOP_KEYS = {"data_dir", "systems", "space", "splits", "retrain_config", "search_config", "finetune_config",
+            "retrain_args", "decode_args", "reference", "search_from_fp32", "finetune_from_fp32",
+            "distill_from_fp32", "device", "out"}
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
                "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference"}
@@ -40,9 +44,16 @@ SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", 
 def load_config(path) -> Dict[str, Any]:
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping with keys data_dir and systems")
     for key in ("data_dir", "systems"):
         if key not in cfg:
             raise ValueError(f"{path}: missing required key {key!r}")
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+    if not isinstance(cfg["systems"], list) or not all(isinstance(s, dict) for s in cfg["systems"]):
+        raise ValueError(f"{path}: systems must be a list of mappings")
     names = set()
     for i, s in enumerate(cfg["systems"]):
         if s.get("kind") not in KINDS:
@@ -57,7 +68,23 @@ def load_config(path) -> Dict[str, Any]:
         names.add(s["name"])
         if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
             raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
+        _check_budget(path, s)
     return cfg
+
+
+def _check_budget(path, s) -> None:
+    """budget_ratio (a compression factor, >= 1) and budget_bytes (> 0) must be finite numbers."""
+    import math
+
+    for key, low, strict in (("budget_ratio", 1, False), ("budget_bytes", 0, True)):
+        if key not in s:
+            continue
+        v = s[key]
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and (
+            v > low if strict else v >= low)
+        if not ok:
+            raise ValueError(f"{path}: system {s['name']}: {key} must be a finite number "
+                             f"{'>' if strict else '>='} {low}, got {v!r}")
 
 
 def run(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "") -> None:
@@ -70,6 +97,12 @@ def run(cmd: List[str], log_file: Path, console: Optional[Console] = None, label
     log.info("   done in %.0f s", secs)
     if console is not None:
         console.line(f"    {label} done in {secs:.0f} s")
+
+
+def has_checkpoint(path: Path) -> bool:
+    """``checkpoint.pt`` or the previous one it falls back to (training.checkpoint.load_latest)."""
+    return path.is_file() or path.with_name(path.stem + ".prev" + path.suffix).is_file()
+
 
 
 class SystemLock:
@@ -171,7 +204,7 @@ class Runner:
                 cmd += ["--distill-from", str(self.fp32_model())]
             if not s.get("search_bottleneck", True):
                 cmd += ["--no-bottleneck-search"]
-            if (sd / "checkpoint.pt").is_file():
+            if has_checkpoint(sd / "checkpoint.pt"):
                 cmd += ["--resume"]
             run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt", self.console, "search")
             g.write_text((sd / "genotype.json").read_text())
@@ -208,7 +241,7 @@ class Runner:
             cmd += ["--distill-from", str(self.fp32_model())]  # weight/temperature: the config's distill:
         if s.get("quant_trainer"):
             cmd += ["--quant-trainer", s["quant_trainer"]]
-        if (d / "checkpoint.pt").is_file():
+        if has_checkpoint(d / "checkpoint.pt"):
             cmd += ["--resume"]
         what = "train" if s["kind"] == "fp32" else "fine-tune (QAT) and export"
         run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt", self.console, what)
@@ -445,6 +478,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="comma-separated systems to run, in this order")
     p.add_argument("--table-only", action="store_true", help="only write the table of finished systems")
     p.add_argument("--quiet", action="store_true", help="print only the table (no stage lines, no progress bars)")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     # the console shows the stages and their progress; each stage's commands and output are in its log.txt
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -463,4 +497,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 
 from models.bottleneck_order import ORDER_METHODS
+from training.cli import add_debug_flag, number
 from training.loop import TrainOptions, Trainer
 
 log = logging.getLogger("train_search")
@@ -140,9 +141,10 @@ def parse_args(argv=None):
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/search sections")
     p.add_argument("--out", required=True)
     t = p.add_mutually_exclusive_group()
-    t.add_argument("--target-bytes", type=float)
-    t.add_argument("--target-mb", type=float)
-    t.add_argument("--target-ratio", type=float, help="budget = fp32 size of the space's largest net / R")
+    t.add_argument("--target-bytes", type=number(above=0), help="size budget in packed bytes")
+    t.add_argument("--target-mb", type=number(above=0), help="size budget in MB (1e6 bytes)")
+    t.add_argument("--target-ratio", type=number(minimum=1),
+                   help="budget = fp32 size of the space's largest net / R (R >= 1; default 8)")
     p.add_argument("--init-from", default=None,
                    help="start the shared weights from this float model.pt (e.g. the fp32 baseline)")
     p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
@@ -152,14 +154,15 @@ def parse_args(argv=None):
                    help="float teacher model.pt: weight steps and architecture steps add the frame-level KL "
                         "to its chain output (training.distill; the config's distill: section)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
-    p.add_argument("--penalty-weight", type=float, default=None,
+    p.add_argument("--penalty-weight", type=number(minimum=0), default=None,
                    help="override search.penalty_weight (0: no size penalty, a diagnostic of the task signal)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--epochs", type=number(minimum=1, integer=True), default=None)
+    p.add_argument("--max-steps", type=number(minimum=1, integer=True), default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -170,13 +173,15 @@ def main(argv=None):
     from quant.cost_model import fp32_bytes
     from supernet.network import SuperNet
     from training import distributed
-    from training.experiment import make_batches, make_lfmmi, start_run, split_train
+    from training.experiment import config_section, make_batches, make_lfmmi, start_run, split_train
     from training.distill import DistillHook, DistillOptions
+    from training.checkpoint import has_checkpoint
     from training.model_io import init_from, load_model_file
+    from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash
 
     cfg = load_config(args.config)
-    topts = TrainOptions.from_dict(cfg.get("train"))
-    sopts = search_options(cfg.get("search"))
+    topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
+    sopts = config_section(args.config, search_options, cfg.get("search"))
     if args.mode:
         sopts["mode"] = args.mode
     if args.penalty_weight is not None:
@@ -188,19 +193,24 @@ def main(argv=None):
     search_space = space.bits_only() if args.no_bottleneck_search else space
     net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
                               hard=bool(sopts["hard"]))
-    if args.init_from and not (args.resume and (out / "checkpoint.pt").is_file()):
-        init_from(net, args.init_from, args.bottleneck_order)
     fp32 = fp32_bytes(space.network)
-    if args.target_bytes:
+    if args.target_bytes is not None:
         target = args.target_bytes
-    elif args.target_mb:
+    elif args.target_mb is not None:
         target = args.target_mb * 1e6
     else:
-        target = fp32 / (args.target_ratio or 8.0)
+        target = fp32 / (args.target_ratio if args.target_ratio is not None else 8.0)
     table = net.size_table()
     if target < table.min_bytes():
         raise SystemExit(f"target {target:.0f} bytes is below the smallest model of this space "
                          f"({table.min_bytes():.0f} bytes)")
+    identity = {"kind": "search", "space": space.name, "bottleneck_search": not args.no_bottleneck_search,
+                "target_bytes": target, "config_hash": config_hash(cfg, search=sopts),
+                "data_dir": abspath_or_none(args.data_dir), "seed": topts.seed,
+                "init_from": abspath_or_none(args.init_from), "distill_from": abspath_or_none(args.distill_from)}
+    check_identity(out, identity, args.resume)  # fail fast; claimed below, once every input has loaded
+    if args.init_from and not (args.resume and has_checkpoint(out / "checkpoint.pt")):
+        init_from(net, args.init_from, args.bottleneck_order)
     log.info("size budget %.0f bytes (fp32 %d bytes, ratio %.1fx); space spans %.0f..%.0f bytes",
              target, fp32, fp32 / target, table.min_bytes(), table.max_bytes())
     penalty = SizePenalty(table, target, kind=sopts["penalty"], weight=float(sopts["penalty_weight"]),
@@ -235,6 +245,7 @@ def main(argv=None):
         log.info("distilling from %s", args.distill_from)
     hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target,
                             sopts["derivation"], entropy, arch_extra_losses=hooks)
+    claim_out_dir(out, identity, args.resume, dinfo.is_main)  # the first write into --out
     trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks + [hook],
                       params=net.weight_parameters(), show_progress=not args.no_progress)
     with open(out / "search_config.json", "w") as f:
@@ -247,4 +258,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    sys.exit(run_main(main))

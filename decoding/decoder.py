@@ -3,6 +3,11 @@
 Network output: a [T, num_pdfs] matrix of unnormalised log pseudo-likelihoods (chain models) or
 log-posteriors. The decoder maximises  acoustic_scale * sum_t y(t, pdf_t) - graph_cost.
 Graph input label i reads column i - 1 (``DecodableCtc``), matching decoding/graph.py.
+
+An utterance that cannot be decoded (features that cannot be loaded or are non-finite, a non-finite
+network output, no surviving path) is never dropped silently: :func:`compute_outputs` and
+:func:`decode_outputs` record ``{utterance id: reason}`` in their ``failures`` dict and log the id; its
+hypothesis is empty, so scoring counts its words as deletions.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class DecodeResult:
     cost: float  # total (graph + scaled acoustic) cost of the best path
     reached_final: bool
     num_frames: int
+    error: Optional[str] = None  # why no hypothesis was found (the words are then empty)
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -60,6 +66,8 @@ def decode_matrix(loglikes, graph, config: Optional[DecoderConfig] = None) -> De
         raise ValueError(f"expected [T, {graph.num_pdfs}] matrix, got {m.shape}")
     if m.shape[0] == 0:
         return DecodeResult([], [], 0.0, False, 0)
+    if not np.isfinite(m).all():
+        return DecodeResult([], [], math.inf, False, m.shape[0], error="non-finite network output")
     if cfg.acoustic_scale != 1.0:
         m = m * np.float32(cfg.acoustic_scale)
     decodable = kaldi_decoder.DecodableCtc(m)
@@ -81,8 +89,7 @@ def decode_matrix(loglikes, graph, config: Optional[DecoderConfig] = None) -> De
         if not ok:
             ok, best = dec.get_best_path(use_final_probs=False)
     if not ok:
-        logger.warning("decoding failed (no surviving path)")
-        return DecodeResult([], [], math.inf, False, m.shape[0])
+        return DecodeResult([], [], math.inf, False, m.shape[0], error="no surviving path")
     ids, cost = _best_path_words(best)
     return DecodeResult(graph.ids_to_words(ids), ids, cost, reached, m.shape[0])
 
@@ -164,12 +171,14 @@ def _batches(items: Sequence, max_frames: int, max_batch: int) -> Iterable[List]
 def compute_outputs(forward_fn: Callable, cuts, cmvn: Optional[Dict[str, Sequence[float]]] = None,
                     device: str = "cpu", max_frames: int = 20000, max_batch: int = 32,
                     feature_extractor=None, sampling_rate: Optional[int] = None,
-                    progress: bool = True) -> Dict[str, np.ndarray]:
+                    progress: bool = True, failures: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
     """Run the model over cuts: {cut_id: chain output [T_out, num_pdfs] float32}.
 
     forward_fn(feats (B, T, F) float32 tensor, lengths (B,) int64) -> (chain_out, _, out_lengths).
     Features come from the cuts (or are computed with `feature_extractor`, resampling recordings to
     `sampling_rate` first); `cmvn` ({"mean", "std"}) is applied as the data loader does in training.
+    A cut whose features cannot be loaded or are non-finite, or whose output is non-finite, is left out
+    of the result and recorded in `failures` ({cut_id: reason}, when given) with a warning naming it.
     """
     import torch
     from tqdm import tqdm
@@ -179,9 +188,17 @@ def compute_outputs(forward_fn: Callable, cuts, cmvn: Optional[Dict[str, Sequenc
         get = (lambda k: cmvn[k]) if isinstance(cmvn, dict) else (lambda k: getattr(cmvn, k))
         mean = np.asarray(_to_numpy(get("mean")), dtype=np.float32).reshape(-1)
         std = np.asarray(_to_numpy(get("std")), dtype=np.float32).reshape(-1)
+    failures = failures if failures is not None else {}
     feats = []
     for cut in cuts:
-        f = np.asarray(_cut_features(cut, feature_extractor, sampling_rate), dtype=np.float32)
+        try:
+            f = np.asarray(_cut_features(cut, feature_extractor, sampling_rate), dtype=np.float32)
+        except Exception as e:  # a broken file: this utterance fails, the others are decoded
+            _fail(failures, cut.id, f"cannot load features: {' '.join(str(e).split())}")
+            continue
+        if not np.isfinite(f).all():
+            _fail(failures, cut.id, "non-finite features")
+            continue
         if mean is not None:
             f = (f - mean) / np.maximum(std, 1e-5)
         feats.append((cut.id, f))
@@ -200,19 +217,37 @@ def compute_outputs(forward_fn: Callable, cuts, cmvn: Optional[Dict[str, Sequenc
             y, _, ylens = forward_fn(torch.from_numpy(x).to(device), lens.to(device))
             y = y.float().cpu().numpy()
             for b, (cid, _) in enumerate(batch):
-                out[cid] = np.ascontiguousarray(y[b, : int(ylens[b])])
+                yb = np.ascontiguousarray(y[b, : int(ylens[b])])
+                if np.isfinite(yb).all():
+                    out[cid] = yb
+                else:
+                    _fail(failures, cid, "non-finite network output")
             bar.update(len(batch))
     bar.close()
     return out
 
 
+def _fail(failures: Dict[str, str], cut_id: str, reason: str) -> None:
+    failures[cut_id] = reason
+    logger.warning("utterance %s: %s; scored as an empty hypothesis", cut_id, reason)
+
+
 def decode_outputs(outputs: Dict[str, np.ndarray], graph, config: Optional[DecoderConfig] = None,
-                   progress: bool = True) -> Dict[str, List[str]]:
+                   progress: bool = True, failures: Optional[Dict[str, str]] = None) -> Dict[str, List[str]]:
+    """{cut_id: words} for each [T, num_pdfs] output; an utterance the decoder fails on gets [] and,
+    when `failures` is given, an entry {cut_id: reason} there (with a warning naming it)."""
     from tqdm import tqdm
 
+    failures = failures if failures is not None else {}
     hyps = {}
     for cid in tqdm(list(outputs), desc="decode", disable=not progress, leave=False):
-        hyps[cid] = decode_matrix(outputs[cid], graph, config).words
+        try:
+            res = decode_matrix(outputs[cid], graph, config)
+        except RuntimeError as e:  # an error inside the decoder for this utterance only
+            res = DecodeResult([], [], math.inf, False, 0, error=f"decoder error: {' '.join(str(e).split())}")
+        if res.error:
+            _fail(failures, cid, res.error)
+        hyps[cid] = res.words
     return hyps
 
 
@@ -220,16 +255,18 @@ def decode_cuts(forward_fn: Callable, cuts, graph, config: Optional[DecoderConfi
                 cmvn: Optional[Dict[str, Sequence[float]]] = None, device: str = "cpu",
                 max_frames: int = 20000, max_batch: int = 32, feature_extractor=None,
                 sampling_rate: Optional[int] = None, progress: bool = True,
-                return_outputs: bool = False):
+                return_outputs: bool = False, failures: Optional[Dict[str, str]] = None):
     """Batch cuts through `forward_fn`, decode each utterance: {cut_id: [words]} (in cut order).
 
     With return_outputs=True returns (hyps, outputs) so a sweep can re-decode without the model.
+    Utterances that could not be decoded get [] and are recorded in `failures` ({cut_id: reason}).
     """
+    failures = failures if failures is not None else {}
     outputs = compute_outputs(forward_fn, cuts, cmvn, device, max_frames, max_batch,
-                              feature_extractor, sampling_rate, progress)
+                              feature_extractor, sampling_rate, progress, failures)
     ids = [c.id for c in cuts]
-    dec = decode_outputs({i: outputs[i] for i in ids}, graph, config, progress)
-    hyps = {i: dec[i] for i in ids}
+    dec = decode_outputs({i: outputs[i] for i in ids if i in outputs}, graph, config, progress, failures)
+    hyps = {i: dec.get(i, []) for i in ids}
     return (hyps, outputs) if return_outputs else hyps
 
 

@@ -113,6 +113,7 @@ class Architect:
         self.optimizer = make_arch_optimizer(optimizer, self.params, lr, betas, weight_decay)
         self.entropy_weight = float(entropy_weight)
         self.steps = 0
+        self.skipped_steps = 0  # updates left out because the logits' gradient was not finite
 
     def active(self, epoch: float) -> bool:
         """True once the warm-up is over (``epoch`` may be fractional)."""
@@ -127,7 +128,9 @@ class Architect:
             pen = pen + self.entropy_weight * self.arch.mean_entropy()
         return pen, size
 
-    def _finish(self, grads_present: bool) -> None:
+    def _finish(self, grads_present: bool) -> bool:
+        """Average the logits' gradients over ranks and step; False (no update, counted in
+        ``skipped_steps``) when a gradient is not finite. Ranks agree: the check follows the all-reduce."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             ws = torch.distributed.get_world_size()
             for p in self.params:
@@ -135,12 +138,18 @@ class Architect:
                     p.grad = torch.zeros_like(p)
                 torch.distributed.all_reduce(p.grad)
                 p.grad.div_(ws)
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return False
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         if grads_present:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
+        return True
 
     def step(self, loss_fn: Optional[LossFn] = None) -> Dict[str, float]:
         """One bi-level (first-order) update: minimise ``loss_fn() + penalty`` over the logits only.
@@ -163,24 +172,28 @@ class Architect:
             grads = torch.autograd.grad(total, self.params, allow_unused=True)
             for p, g in zip(self.params, grads):
                 p.grad = g if g is not None else torch.zeros_like(p)
-        self._finish(total.requires_grad)
+        applied = self._finish(total.requires_grad)
         res = {"arch_loss": float(task.detach()), "penalty": float(pen.detach()),
                "expected_bytes": float(expected.detach())}
+        if not applied:
+            res["skipped"] = 1.0
         if self.entropy_weight:
             res["entropy_mean"] = float(self.arch.mean_entropy().detach())
         res.update({k: float(v) for k, v in stats.items() if isinstance(v, (int, float))})
         return res
 
-    def step_from_grads(self) -> None:
-        """Single-level update: step the logits with the gradients the caller's ``backward()`` left."""
-        self._finish(any(p.grad is not None for p in self.params))
+    def step_from_grads(self) -> bool:
+        """Single-level update: step the logits with the gradients the caller's ``backward()`` left;
+        False when they were not finite (no update)."""
+        return self._finish(any(p.grad is not None for p in self.params))
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "steps": self.steps}
+        return {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state.get("steps", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))

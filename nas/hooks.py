@@ -18,6 +18,7 @@ layer x choice images, tau, expected / argmax size (MB) and the architect's stat
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
@@ -27,6 +28,8 @@ from nas.architect import Architect
 from nas.derive import derive_genotype, log_arch_tensorboard
 from nas.penalty import SizeTable
 from nas.schedule import TemperatureSchedule
+
+log = logging.getLogger(__name__)
 
 try:  # the hook is a TrainHook when the trainer is importable
     from training.loop import TrainHook as _Base
@@ -110,7 +113,16 @@ class ArchSearchHook(_Base):
             self.last = {"penalty": float(pen.detach()), "expected_bytes": float(expected.detach())}
         else:
             batch = self._next_arch_batch()
+            model = trainer.raw_model
+            buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
             self.last = self.architect.step(lambda: self._arch_loss(trainer, batch))
+            if self.last.get("skipped"):  # non-finite held-out loss or gradient: logits and BN stats unchanged
+                with torch.no_grad():
+                    for k, b in model.named_buffers():
+                        b.copy_(buffers[k])
+                log.warning("architecture step at step %d skipped: non-finite gradient on held-out cuts %s "
+                            "(%d skipped so far)", trainer.step, ", ".join(batch.get("cut_ids", [])),
+                            self.architect.skipped_steps)
         every = self.log_every or getattr(getattr(trainer, "opts", None), "log_every", 10)
         if getattr(trainer, "dist", None) is not None and not trainer.dist.is_main:
             return

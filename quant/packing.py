@@ -107,6 +107,8 @@ def export_packed(model: TDNNF, path: str, include_xent: bool = False,
     tensors: Dict[str, torch.Tensor] = {}
     for info in tensor_layout(cfg, include_xent):
         t = live[info.name].detach().to("cpu", torch.float32)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"refusing to write {path}: non-finite values in tensor {info.name}")
         if tuple(t.shape) != info.shape:
             raise ValueError(f"{info.name}: model tensor {tuple(t.shape)} != layout {info.shape}")
         bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
@@ -189,6 +191,9 @@ def load_packed(path: str, device: str = "cpu") -> TDNNF:
         tensors = load_file(path)
     except (SafetensorError, OSError, RuntimeError) as e:
         raise PackedModelError(f"{path}: cannot read tensors: {e}") from None
+    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise PackedModelError(f"{path}: non-finite values in tensor(s) {', '.join(bad[:5])}")
     expected = {}
     layout = tensor_layout(cfg, include_xent)
     for info in layout:

@@ -81,6 +81,12 @@ def run_stage(cmd: List[str], log_file: Path, console: Optional[Console] = None,
             f.write(pending.decode("utf-8", errors="replace"))
         rc = proc.wait()
     if rc != 0:
-        tail = "".join(open(log_file).readlines()[-30:])
-        raise RuntimeError(f"stage failed (exit {rc}): {' '.join(cmd)}\n--- {log_file} ---\n{tail}")
+        raise RuntimeError(f"stage failed (exit {rc}): {' '.join(cmd)}: {last_error(log_file)} (log: {log_file})")
     return time.time() - t0
+
+
+def last_error(log_file: Path) -> str:
+    """The last ``error: ...`` line of a stage's log, else its last non-empty line."""
+    lines = [l.strip() for l in open(log_file, errors="replace").read().splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("error:") or ": error:" in l]
+    return (errors or lines or ["(empty log)"])[-1]

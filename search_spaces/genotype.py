@@ -107,10 +107,15 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str, space: Optional[SearchSpace] = None) -> "Genotype":
+        """Read and (with ``space``) validate a genotype file; errors name the file."""
         with open(path) as fh:
-            g = cls.from_json(fh.read())
-        if space is not None:
-            g.validate(space)
+            text = fh.read()
+        try:
+            g = cls.from_json(text)
+            if space is not None:
+                g.validate(space)
+        except GenotypeError as e:
+            raise GenotypeError(f"genotype {path}: {e}") from None
         return g
 
     # ---- against a space ----

@@ -68,3 +68,41 @@ def small_train_config(tmp_path_factory) -> Path:
         "lfmmi:\n  den_order: 2\n"
     )
     return p
+
+
+def run_cli_fail(args, cwd=ROOT, env=None, timeout=900):
+    """Run a CLI that must fail; return the completed process (returncode, stdout, stderr)."""
+    e = dict(os.environ)
+    e["OMP_NUM_THREADS"] = "1"
+    e.update(env or {})
+    r = subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=e, capture_output=True,
+                       text=True, timeout=timeout)
+    if r.returncode == 0:
+        raise AssertionError(f"{' '.join(map(str, args))} succeeded but should have failed:\n"
+                             f"{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def corpus_with_nan_features(src: Path, dst: Path, split: str = "train", num_cuts: int = 1,
+                             frames=(10, 11, 12)) -> list:
+    """Copy the prepared corpus ``src`` to ``dst`` with NaN in ``frames`` of the first ``num_cuts`` cuts
+    of ``split`` (features rewritten as .npy files); return the ids of the poisoned cuts."""
+    import shutil
+
+    import numpy as np
+    from lhotse import CutSet
+    from lhotse.features.io import NumpyFilesWriter
+
+    shutil.copytree(src, dst)
+    cuts = list(CutSet.from_file(dst / f"cuts_{split}.jsonl.gz"))
+    bad = []
+    with NumpyFilesWriter(str(dst / "feats_nan")) as w:
+        for c in cuts[:num_cuts]:
+            f = np.asarray(c.load_features(), dtype=np.float32).copy()
+            f[list(frames)] = np.nan
+            key = w.write(c.id, f)
+            c.features.storage_type, c.features.storage_path, c.features.storage_key = \
+                w.name, str(dst / "feats_nan"), key
+            bad.append(c.id)
+    CutSet.from_cuts(cuts).to_file(dst / f"cuts_{split}.jsonl.gz")
+    return bad

@@ -78,3 +78,29 @@ def test_hook_in_trainer(tmp_path, mode):
     assert st["architect"]["steps"] == 6
     if mode == "bilevel":
         assert (st["arch_epoch"], st["arch_pos"]) == (2, 2)  # 6 held-out batches: 3 passes over 2
+
+
+def test_non_finite_held_out_batch_leaves_logits_and_buffers_unchanged(tmp_path):
+    torch.manual_seed(0)
+    space = tiny_space()
+    net = SuperNet.from_space(space)
+    table = net.size_table()
+    architect = Architect(net.arch, SizePenalty(table, 0.5 * table.max_bytes(), "hinge", 1.0), lr=0.05,
+                          mode="bilevel", warmup_epochs=0)
+    held = Batches(2, 1)
+    held.data[0]["feats"][1, 4] = float("nan")
+    held.data[0]["cut_ids"] = ["bad1", "bad2"]
+    hook = ArchSearchHook(architect, arch_batches=held, space=space, table=table, log_every=0)
+    opts = TrainOptions(epochs=1, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1000)
+    trainer = Trainer(net, loss_fn, Compiler(), Batches(1, 0), None, opts, tmp_path, "cpu", hooks=[hook],
+                      params=net.weight_parameters(), show_progress=False)
+    logits = [p.detach().clone() for p in net.arch_parameters()]
+    buffers = {k: b.clone() for k, b in net.named_buffers()}
+    hook.after_optimizer_step(trainer)  # the NaN batch
+    assert hook.last.get("skipped") == 1.0 and architect.skipped_steps == 1 and architect.steps == 0
+    assert all(torch.equal(a, p.detach()) for a, p in zip(logits, net.arch_parameters()))
+    assert all(torch.equal(buffers[k], b) for k, b in net.named_buffers())
+    hook.after_optimizer_step(trainer)  # a finite batch moves the logits
+    assert "skipped" not in hook.last and architect.steps == 1
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(logits, net.arch_parameters()))
+    assert hook.state_dict()["architect"]["skipped_steps"] == 1

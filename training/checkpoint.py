@@ -2,6 +2,9 @@
 
 - :func:`save_atomic` writes to a temporary file in the same directory, fsyncs it and renames it over
   the target, so a killed job leaves either the old or the new checkpoint, never a torn one.
+- :func:`save_rotating` does the same and first moves the previous checkpoint to ``<name>.prev.pt``
+  (by a hard link and a rename: at every moment both files are complete); :func:`load_latest` falls
+  back to that previous one, with a warning, when the latest is missing or unreadable.
 - :func:`load` reads with ``weights_only=True`` (no code from the file is ever executed).
 - :func:`rng_state` / :func:`set_rng_state` capture every random generator a training step uses, so
   ``--resume`` continues exactly where a killed run stopped.
@@ -10,14 +13,18 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def save_atomic(obj: Dict[str, Any], path) -> None:
@@ -35,6 +42,66 @@ def save_atomic(obj: Dict[str, Any], path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def previous_path(path) -> Path:
+    """``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_rotating(obj: Dict[str, Any], path) -> None:
+    """Save ``obj`` to ``path`` atomically, keeping the checkpoint it replaces as ``previous_path(path)``."""
+    path = Path(path)
+    if path.is_file():
+        prev = previous_path(path)
+        tmp = prev.with_name(prev.name + ".tmp")
+        if tmp.exists():
+            tmp.unlink()
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links on this file system
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, prev)
+    save_atomic(obj, path)
+
+
+def has_checkpoint(path) -> bool:
+    """Whether ``path`` or its previous version exists (what :func:`load_latest` can try)."""
+    return Path(path).is_file() or previous_path(path).is_file()
+
+
+def load_latest(path, map_location="cpu"):
+    """-> (state, path read): ``path``, or ``previous_path(path)`` with a warning when ``path`` is
+    missing or unreadable. Raises when neither can be read."""
+    path, prev = Path(path), previous_path(path)
+    try:
+        return load(path, map_location), path
+    except (FileNotFoundError, RuntimeError) as e:
+        if not prev.is_file():
+            raise
+        log.warning("%s; falling back to the previous checkpoint %s", e, prev)
+        return load(prev, map_location), prev
+
+
+class NonFiniteTensorError(ValueError):
+    """A model about to be written holds NaN or infinite values."""
+
+
+def nonfinite_tensors(tensors: Dict[str, Any]) -> list:
+    """Names of the floating-point tensors in ``tensors`` (e.g. a state_dict) with a NaN or inf value."""
+    return [k for k, t in tensors.items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(tensors: Dict[str, Any], what, action: str = "write") -> None:
+    """Raise :class:`NonFiniteTensorError` naming the non-finite tensors of ``tensors``; ``what`` names
+    the file that was about to be written (or read, with ``action="read"``)."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise NonFiniteTensorError(f"refusing to {action} {what}: non-finite values in tensor(s) "
+                                   f"{', '.join(bad[:5])}{more}")
 
 
 def load(path, map_location="cpu") -> Dict[str, Any]:

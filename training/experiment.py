@@ -47,9 +47,18 @@ def load_sections(path, allowed) -> Dict[str, Any]:
     return cfg
 
 
+def config_section(path, parse, section):
+    """``parse(section)`` with the config file named in its error: ``<path>: <message>``."""
+    try:
+        return parse(section)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path or 'built-in defaults'}: {e}") from None
+
+
 def start_run(device: str, seed: int, out_dir, data_dir, space_name):
     """Common start of a training CLI: join torchrun's group if any, pick the device, seed every RNG,
-    create ``out_dir``, load the corpus and the search space sized to its pdfs.
+    load the corpus and the search space sized to its pdfs. ``out_dir`` is not created here: the CLI
+    claims it (:func:`training.rundir.claim_out_dir`) once it knows the run's identity.
 
     Returns ``(dist_info, torch_device, out_path, corpus, space)``."""
     import random
@@ -66,7 +75,6 @@ def start_run(device: str, seed: int, out_dir, data_dir, space_name):
     np.random.seed(seed)
     torch.manual_seed(seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(data_dir)
     space = load_search_space(space_name, num_pdfs=corpus.num_pdfs)
     return dinfo, dev, out, corpus, space

@@ -4,7 +4,9 @@ One :class:`Trainer` owns the model (optionally wrapped in DistributedDataParall
 (Adam), the learning-rate schedule (linear warm-up, then exponential decay from ``lr`` to ``final_lr``
 as Kaldi's chain recipes do), gradient clipping, Kaldi's semi-orthogonal constraint every
 ``orth_every`` steps, validation each epoch, TensorBoard scalars, tqdm progress and atomic checkpoints
-every ``checkpoint_every`` steps and at each epoch end. ``fit(resume=True)`` continues exactly where a
+every ``checkpoint_every`` steps and at each epoch end (the one before kept as ``checkpoint.prev.pt``,
+the fallback when the latest is corrupt). A batch with non-finite features, output, loss or gradient is
+skipped without changing any state, counted per epoch, and bounded by ``max_skip_fraction``. ``fit(resume=True)`` continues exactly where a
 killed run stopped: parameters, optimizer and scheduler state, random generators, and the position
 inside the epoch.
 
@@ -48,6 +50,10 @@ class TrainOptions:
     seed: int = 0
     max_steps: Optional[int] = None  # stop after this many optimizer steps (tests, smoke runs)
     valid_max_duration: float = 600.0
+    # A batch with non-finite features, network output, loss or gradient is skipped. An epoch may skip
+    # at most max(1, floor(max_skip_fraction * batches per epoch)) batches; one more ends the run with
+    # an error. At least one is always tolerated, so one bad utterance does not stop a small corpus.
+    max_skip_fraction: float = 0.01
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainOptions":
@@ -56,7 +62,38 @@ class TrainOptions:
         bad = sorted(set(d) - known)
         if bad:
             raise ValueError(f"unknown train option(s) {bad}; known: {sorted(known)}")
-        return cls(**d)
+        opts = cls(**d)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option whose value has the wrong type or range."""
+        ints = ("epochs", "warmup_steps", "orth_every", "checkpoint_every", "log_every", "seed")
+        floats = ("max_duration", "lr", "final_lr", "weight_decay", "grad_clip", "valid_max_duration",
+                  "max_skip_fraction")
+        for k in ints:
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"train.{k} must be an integer, got {v!r}")
+        for k in floats:
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"train.{k} must be a finite number, got {v!r}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)):
+            raise ValueError(f"train.max_steps must be an integer or null, got {self.max_steps!r}")
+        positive = ("epochs", "max_duration", "lr", "final_lr", "valid_max_duration")
+        for k in positive:
+            if getattr(self, k) <= 0:
+                raise ValueError(f"train.{k} must be > 0, got {getattr(self, k)!r}")
+        for k in ("warmup_steps", "orth_every", "checkpoint_every", "log_every", "weight_decay", "grad_clip"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)!r}")
+        if not 0 <= self.max_skip_fraction <= 1:
+            raise ValueError(f"train.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction!r}")
+
+
+class TooManySkippedBatches(RuntimeError):
+    """More batches of one epoch were skipped (non-finite values) than ``max_skip_fraction`` allows."""
 
 
 class TrainHook:
@@ -79,6 +116,11 @@ class TrainHook:
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+def _reason(what: str, here: bool) -> str:
+    """A skip's reason; under DDP the batch of a rank may be skipped for another rank's values."""
+    return what if here else f"{what} on another rank"
 
 
 class Trainer:
@@ -126,10 +168,12 @@ class Trainer:
         self.batch_in_epoch = 0
         self.skipped_batches = 0
         self.skipped_sequences = 0
+        self.epoch_skips: List[Dict[str, Any]] = []  # batches skipped in the current epoch
         self.history: List[Dict[str, Any]] = []
         self.show_progress = show_progress and self.dist.is_main
         self._tb = tb_writer
         self._tb_owned = False
+        self._saved_position = None  # (step, epoch, batch_in_epoch) of the last checkpoint written
 
     # ------------------------------------------------------------------ schedule
     def _lr_factor(self, step: int) -> float:
@@ -175,6 +219,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "skipped_batches": self.skipped_batches,
             "skipped_sequences": self.skipped_sequences,
+            "epoch_skips": json.dumps(self.epoch_skips),
             "rng": ckpt.rng_state(),
             "hooks": {h.name: h.state_dict() for h in self.hooks},
             "history": json.dumps(self.history),
@@ -182,18 +227,30 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` (rank 0); a model with a non-finite tensor is never written."""
+        position = (self.step, self.epoch, self.batch_in_epoch)
+        if position == self._saved_position:  # already saved (e.g. max_steps on a checkpoint step):
+            return                             # saving again would rotate the previous one away
+        self._saved_position = position
         if self.dist.is_main:
-            ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
+            state = self.state_dict()
+            ckpt.check_finite(state["model"], self.checkpoint_path)
+            ckpt.save_rotating(state, self.checkpoint_path)  # the previous one stays as checkpoint.prev.pt
             log.info("saved checkpoint at step %d (epoch %d, batch %d)", self.step, self.epoch,
                      self.batch_in_epoch)
 
     def load_checkpoint(self, path=None) -> None:
-        st = ckpt.load(path or self.checkpoint_path, map_location=self.device)
+        """Restore the training state from ``path`` (default: ``checkpoint.pt``, else, with a warning,
+        ``checkpoint.prev.pt`` when the latest is missing or corrupt)."""
+        if path is None:
+            st, path = ckpt.load_latest(self.checkpoint_path, map_location=self.device)
+        else:
+            st = ckpt.load(path, map_location=self.device)
         try:
             self.raw_model.load_state_dict(st["model"])
         except RuntimeError as e:
             raise RuntimeError(
-                f"checkpoint {path or self.checkpoint_path} does not match this model's architecture "
+                f"checkpoint {path} does not match this model's architecture "
                 f"(was it written by another config or genotype?): {e}"
             ) from e
         self.optimizer.load_state_dict(st["optimizer"])
@@ -202,12 +259,13 @@ class Trainer:
         self.batch_in_epoch = int(st["batch_in_epoch"])
         self.skipped_batches = int(st["skipped_batches"])
         self.skipped_sequences = int(st["skipped_sequences"])
+        self.epoch_skips = json.loads(st.get("epoch_skips", "[]"))
         self.history = json.loads(st["history"])
         for h in self.hooks:
             if h.name in st["hooks"]:
                 h.load_state_dict(st["hooks"][h.name])
         ckpt.set_rng_state(st["rng"])
-        log.info("resumed from %s at epoch %d, batch %d, step %d", path or self.checkpoint_path,
+        log.info("resumed from %s at epoch %d, batch %d, step %d", path,
                  self.epoch, self.batch_in_epoch, self.step)
 
     # ------------------------------------------------------------------ steps
@@ -221,9 +279,20 @@ class Trainer:
         return loss, stats, (chain, xent, out_lengths)
 
     def train_step(self, batch) -> Dict[str, float]:
+        """One optimizer step on ``batch``, or a counted skip that changes no state.
+
+        A batch is skipped when its features (B, T, F), the network's chain output, the loss or the
+        gradient norm is non-finite. Features are checked before the forward; for the later checks the
+        model's buffers (BatchNorm running statistics, ``num_batches_tracked``) are restored to their
+        values before the forward, and no gradient reaches the optimizer. Under DDP every rank skips
+        together (the decision is all-reduced)."""
         self.raw_model.train()
         if hasattr(self.raw_model, "set_training_progress"):  # dropout schedule
             self.raw_model.set_training_progress(self.progress)
+        bad_feats = not bool(torch.isfinite(batch["feats"]).all())
+        if self._any_rank(bad_feats):
+            return self._skip_batch(batch, _reason("non-finite features", bad_feats))
+        buffers = self._snapshot_buffers()
         loss, stats, outputs = self.forward_loss(batch, train=True)
         extra_total = 0.0
         for h in self.hooks:
@@ -231,25 +300,21 @@ class Trainer:
             if extra is not None:
                 loss = loss + extra
                 extra_total += float(extra.detach())
-        skipped = int(stats.get("skipped", 0))
-        self.skipped_sequences += skipped
         if not loss.requires_grad:  # every sequence skipped: keep DDP's collective calls in step
             loss = loss + 0.0 * outputs[0].sum()
-        if not torch.isfinite(loss.detach()):
-            # The loss module already drops non-finite sequences; this guards the extra terms.
-            self.skipped_batches += 1
-            log.warning("non-finite loss at step %d; batch skipped (%d so far)", self.step,
-                        self.skipped_batches)
-            self.optimizer.zero_grad(set_to_none=True)
-            return {"skipped_batch": 1.0}
+        bad_output = not bool(torch.isfinite(outputs[0].detach()).all())
+        bad_loss = not bool(torch.isfinite(loss.detach()))
+        if self._any_rank(bad_output or bad_loss):
+            self._restore_buffers(buffers)
+            what = "non-finite network output" if bad_output else "non-finite loss"
+            return self._skip_batch(batch, _reason(what, bad_output or bad_loss))
+        self.skipped_sequences += int(stats.get("skipped", 0))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip)
-        if not torch.isfinite(gnorm):
-            self.skipped_batches += 1
-            log.warning("non-finite gradient at step %d; batch skipped", self.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            return {"skipped_batch": 1.0}
+        if not torch.isfinite(gnorm):  # gradients are already all-reduced: every rank agrees
+            self._restore_buffers(buffers)
+            return self._skip_batch(batch, "non-finite gradient")
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -263,6 +328,45 @@ class Trainer:
         out.update({"loss": float(loss.detach()), "grad_norm": float(gnorm),
                     "lr": self.optimizer.param_groups[0]["lr"], "extra_loss": extra_total})
         return out
+
+    # ------------------------------------------------------------------ skipped batches
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` holds on any rank (an all-reduce under DDP, so all ranks agree)."""
+        if not self.dist.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return float(all_reduce_sum(t, self.dist)) > 0
+
+    def _snapshot_buffers(self) -> Dict[str, torch.Tensor]:
+        return {k: b.detach().clone() for k, b in self.raw_model.named_buffers()}
+
+    def _restore_buffers(self, snapshot: Dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, b in self.raw_model.named_buffers():
+                b.copy_(snapshot[k])
+
+    @property
+    def max_skips_per_epoch(self) -> int:
+        """Skipped batches tolerated in one epoch (at least 1, see ``TrainOptions.max_skip_fraction``)."""
+        return max(1, int(self.opts.max_skip_fraction * self.steps_per_epoch))
+
+    def _skip_batch(self, batch, reason: str) -> Dict[str, float]:
+        """Count a skipped batch (no state has changed); fail when the epoch has skipped too many."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_batches += 1
+        self.epoch_skips.append({"step": self.step, "batch": self.batch_in_epoch, "reason": reason,
+                                 "cut_ids": list(batch.get("cut_ids", []))})
+        n = len(self.epoch_skips)
+        log.warning("%s at step %d (epoch %d, batch %d, cuts %s): batch skipped (%d this epoch, %d allowed)",
+                    reason, self.step, self.epoch + 1, self.batch_in_epoch, ", ".join(batch.get("cut_ids", [])),
+                    n, self.max_skips_per_epoch)
+        self.log_scalars("train", {"skipped_batches": n})
+        if n > self.max_skips_per_epoch:
+            raise TooManySkippedBatches(
+                f"epoch {self.epoch + 1} skipped {n} of {self.steps_per_epoch} batches for non-finite values "
+                f"(allowed: {self.max_skips_per_epoch}, train.max_skip_fraction={self.opts.max_skip_fraction}); "
+                f"last: {reason} in cuts {', '.join(batch.get('cut_ids', []))}")
+        return {"skipped_batch": 1.0}
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
@@ -278,16 +382,21 @@ class Trainer:
                                   stats.get("num_per_frame", 0.0) * fr, fr,
                                   float(stats.get("skipped", 0))], dtype=torch.float64)
         sums = all_reduce_sum(sums.to(self.device), self.dist).cpu()
-        frames = max(1.0, float(sums[2]))
+        frames = float(sums[2])
+        if frames <= 0:  # no objective was measured: NaN, not a perfect-looking 0.0
+            log.warning("validation measured 0 frames (%d sequences skipped): objf/frame is NaN",
+                        int(sums[3]))
+            return {"objf_per_frame": math.nan, "num_per_frame": math.nan, "frames": 0.0,
+                    "skipped": float(sums[3])}
         return {"objf_per_frame": float(sums[0]) / frames, "num_per_frame": float(sums[1]) / frames,
-                "frames": float(sums[2]), "skipped": float(sums[3])}
+                "frames": frames, "skipped": float(sums[3])}
 
     # ------------------------------------------------------------------ main loop
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         """Train for ``opts.epochs`` (or ``opts.max_steps``); return the last validation stats."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            if self.checkpoint_path.is_file():
+            if ckpt.has_checkpoint(self.checkpoint_path):
                 self.load_checkpoint()
             else:
                 log.warning("--resume given but %s does not exist: starting from scratch",
@@ -322,10 +431,12 @@ class Trainer:
             valid = self.validate()
             rec = {"epoch": self.epoch + 1, "step": self.step, "seconds": time.time() - t0,
                    "valid": valid, "skipped_batches": self.skipped_batches,
-                   "skipped_sequences": self.skipped_sequences}
+                   "skipped_sequences": self.skipped_sequences,
+                   "epoch_skipped_batches": len(self.epoch_skips), "epoch_skips": self.epoch_skips}
             self.history.append(rec)
             if self.dist.is_main:
                 self.log_scalars("valid", valid, step=self.epoch + 1)
+                self.log_scalars("train", {"skipped_batches_epoch": len(self.epoch_skips)}, step=self.epoch + 1)
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 log.info("epoch %d: valid objf/frame %.4f (%.0f s)", self.epoch + 1,
@@ -334,6 +445,7 @@ class Trainer:
                 h.on_epoch_end(self, self.epoch, valid)
             self.epoch += 1
             self.batch_in_epoch = 0
+            self.epoch_skips = []
             self.save_checkpoint()
         average_buffers(self.raw_model, self.dist)
         for h in self.hooks:

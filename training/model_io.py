@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def save_model_file(model, path, cmvn: Optional[Cmvn] = None) -> None:
+    """Write ``model`` (weights, config, CMVN) to ``path`` atomically; refuses a non-finite tensor."""
+    ckpt.check_finite(model.state_dict(), path)
     obj = {"config": model.cfg.to_json(), "state_dict": model.state_dict(), "format": "green-asr-model-v1"}
     if cmvn is not None:
         obj["cmvn_mean"] = cmvn.mean.clone()
@@ -43,8 +45,10 @@ def load_model_file(path, device="cpu"):
         model.cmvn = Cmvn(**json.loads(meta["cmvn"])) if "cmvn" in meta else None
         return model
     obj = ckpt.load(p, map_location="cpu")
-    if obj.get("format") != "green-asr-model-v1":
-        raise ValueError(f"{p} is not a model file written by retrain.py (format={obj.get('format')!r})")
+    if not isinstance(obj, dict) or obj.get("format") != "green-asr-model-v1":
+        fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{p} is not a model file written by retrain.py (format={fmt!r})")
+    ckpt.check_finite(obj["state_dict"], p, action="read")
     cfg = TDNNFConfig.from_dict(json.loads(obj["config"]))
     model = build_model(cfg)
     try:

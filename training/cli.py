@@ -1,0 +1,94 @@
+"""The error policy shared by every command-line entry point.
+
+    if __name__ == "__main__":
+        sys.exit(run_main(main))
+
+An expected failure (a bad value, a missing or unreadable file, a data or configuration error: the
+exception types in :data:`EXPECTED_ERRORS`, and ``SystemExit`` with a message) prints one line,
+``error: <message>``, on stderr and exits with status 2. With ``--debug`` on the command line the full
+traceback is printed before that line. Anything else (a bug) keeps Python's traceback and status 1.
+Parsers declare the flag with :func:`add_debug_flag` so that ``--help`` lists it.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable, Optional, Sequence
+
+EXIT_ERROR = 2
+
+# ValueError covers the project's configuration/data errors (GenotypeError, SearchSpaceError, ConfigError,
+# PackedModelError, OOVError, BudgetError, NonFiniteTensorError, json.JSONDecodeError); RuntimeError covers
+# DataError, TextSourceError, TooManySkippedBatches and refusals such as a locked or mismatched --out.
+EXPECTED_ERRORS = (ValueError, RuntimeError, OSError)
+
+
+def _yaml_error():
+    try:
+        import yaml
+
+        return (yaml.YAMLError,)
+    except ImportError:  # pragma: no cover
+        return ()
+
+
+def add_debug_flag(parser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the full traceback (default: a one-line message)")
+
+
+def one_line(e: BaseException) -> str:
+    """The exception's message on one line (whitespace runs, newlines included, become one space)."""
+    msg = " ".join(str(e).split())
+    return msg or type(e).__name__
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """Call ``main(argv)``; turn an expected failure into ``error: ...`` on stderr and status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        return main(args)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # raise SystemExit("message") inside a CLI
+            return _report(e, debug)
+        raise
+    except EXPECTED_ERRORS + _yaml_error() as e:
+        return _report(e, debug)
+
+
+def _report(e: BaseException, debug: bool) -> int:
+    sys.stdout.flush()
+    if debug:
+        traceback.print_exc()
+    msg = one_line(e) if not isinstance(e, SystemExit) else " ".join(str(e.code).split())
+    if msg.startswith("error: "):
+        msg = msg[len("error: "):]
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    return EXIT_ERROR
+
+
+def number(minimum: float = None, above: float = None, integer: bool = False):
+    """An argparse ``type``: a finite number, ``>= minimum`` and/or ``> above``; an error message otherwise.
+
+        p.add_argument("--target-ratio", type=number(minimum=1))
+    """
+    import argparse
+    import math
+
+    bounds = " and ".join(([f">= {minimum:g}"] if minimum is not None else [])
+                          + ([f"> {above:g}"] if above is not None else []))
+    kind = "an integer" if integer else "a finite number"
+    want = f"{kind} {bounds}".strip()
+
+    def parse(text: str):
+        try:
+            v = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if not math.isfinite(v) or (minimum is not None and v < minimum) or (above is not None and v <= above):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
