@@ -106,6 +106,30 @@ def build_graph(args, lexicon):
     return g
 
 
+def lexicon_for_model(lexicon, model):
+    """``(lexicon, dropped words)``: the corpus lexicon over the model's own phone list (``model.phones``,
+    recorded by retrain.py), so that output unit 2k/2k+1 means the model's phone k whatever phones the
+    corpus's words use; words whose every pronunciation needs a phone the model lacks are left out (and
+    returned). A model file without a phone list is decoded with the corpus's phones if the pdf counts
+    agree, else refused with a clear error."""
+    phones = getattr(model, "phones", None)
+    n = getattr(getattr(model, "cfg", None), "num_pdfs", None)
+    if phones is None:
+        if n is not None and 2 * len(lexicon.phones) != n:
+            raise ValueError(f"the model has {n} pdfs, the corpus lexicon's {len(lexicon.phones)} phones give "
+                             f"{2 * len(lexicon.phones)}, and the model file records no phone list (written "
+                             f"before phone lists were stored): decode with the lexicon it was trained with "
+                             f"(--lexicon)")
+        log.warning("the model file records no phone list: assuming the corpus lexicon's %d phones",
+                    len(lexicon.phones))
+        return lexicon, []
+    lex, dropped = lexicon.with_phones(phones)
+    if dropped:
+        log.warning("%d word(s) need phones the model lacks and cannot be recognised: %s", len(dropped),
+                    " ".join(dropped[:20]) + (" ..." if len(dropped) > 20 else ""))
+    return lex, dropped
+
+
 def load_model_and_cmvn(model_path, data_dir, device="cpu"):
     """(acoustic model in eval mode, CMVN stats): the model's own, else DATA_DIR/cmvn.json, else None."""
     from training.checkpoint import load_acoustic_model
@@ -140,8 +164,8 @@ def main(argv=None):
 
     np.random.seed(args.seed)
     lexicon = load_lexicon(args)
-    graph = build_graph(args, lexicon)
     if args.build_graph_only:
+        graph = build_graph(args, lexicon)
         print(json.dumps({"graph_dir": graph.directory, **graph.info}, indent=1))
         return 0
     if not args.model:
@@ -155,6 +179,8 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model, cmvn = load_model_and_cmvn(args.model, args.data_dir, args.device)
+    lexicon, dropped_words = lexicon_for_model(lexicon, model)
+    graph = build_graph(args, lexicon)
     progress = not args.no_progress
     feat_ex = feature_extractor(args.num_mel_bins)
 
@@ -169,7 +195,7 @@ def main(argv=None):
                         lattice_beam=args.lattice_beam, lattice=args.lattice)
     out_dir = args.out or os.path.join("exp", f"decode_{args.split}")
     os.makedirs(out_dir, exist_ok=True)
-    extra = {}
+    extra = {"words_without_model_phones": len(dropped_words)}
     if args.sweep_dev:
         dev_failed = {}
         dcuts, douts, _ = run("dev", dev_failed)

@@ -100,10 +100,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     # the LM first: a vocabulary mismatch fails before any decoding
     lm_model, lm_vocab = load_rescoring_lm(args.lm, args.lm_vocab, args.device)
-    graph = decode.build_graph(args, decode.load_lexicon(args))
+    model, cmvn = decode.load_model_and_cmvn(args.model, args.data_dir, args.device)
+    graph = decode.build_graph(args, decode.lexicon_for_model(decode.load_lexicon(args), model)[0])
     arpa = os.path.join(graph.directory, "G.arpa")
     ngram = NgramModel.load_arpa(arpa)
-    model, cmvn = decode.load_model_and_cmvn(args.model, args.data_dir, args.device)
     feat_ex = decode.feature_extractor(args.num_mel_bins)
     cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
                         lattice=True)

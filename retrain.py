@@ -138,7 +138,7 @@ def main(argv=None):
     from training import distributed
     from training.experiment import config_section, make_batches, make_lfmmi, start_run
     from training.checkpoint import has_checkpoint
-    from training.model_io import cmvn_metadata, init_from, load_model_file, save_model_file
+    from training.model_io import init_from, load_model_file, model_metadata, save_model_file
     from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash, genotype_hash
 
     cfg = load_config(args.config)
@@ -200,9 +200,9 @@ def main(argv=None):
     model = trainer.raw_model.cpu().eval()
 
     if dinfo.is_main:
-        save_model_file(model, out / "model.pt", corpus.cmvn)
+        save_model_file(model, out / "model.pt", corpus.cmvn, corpus.lexicon.phones)
         packed = out / "model.safetensors"
-        payload = export_packed(model, str(packed), extra_metadata=cmvn_metadata(corpus.cmvn))
+        payload = export_packed(model, str(packed), extra_metadata=model_metadata(corpus.cmvn, corpus.lexicon.phones))
         rep = model_size(model.cfg)
         # the reference is the fp32 model of the space's largest network (the fp32 baseline)
         base_fp32 = fp32_bytes(space.network.replace(num_pdfs=corpus.num_pdfs))

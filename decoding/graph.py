@@ -92,6 +92,10 @@ def extend_lexicon(lexicon, words: Iterable[str], prons: Optional[Dict[str, List
             added.append(w)
         else:
             skipped.append(w)
+    from lang.lexicon import Lexicon
+
+    if isinstance(lexicon, Lexicon):  # keep the phone list exactly (an acoustic model's, in its order)
+        return Lexicon(table, lexicon.phones), added, skipped
     return type(lexicon)(table), added, skipped
 
 

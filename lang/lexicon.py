@@ -48,7 +48,9 @@ class Lexicon:
 
     silence_phone = SILENCE_PHONE
 
-    def __init__(self, prons: Dict[str, List[Tuple[str, ...]]]) -> None:
+    def __init__(self, prons: Dict[str, List[Tuple[str, ...]]], phones: Optional[Sequence[str]] = None) -> None:
+        """``phones``: an explicit phone list (``SIL`` first; e.g. an acoustic model's), else the phones the
+        pronunciations use, ``SIL`` first and the rest sorted."""
         self._prons: Dict[str, List[Tuple[str, ...]]] = {}
         for word, plist in prons.items():
             uniq: List[Tuple[str, ...]] = []
@@ -61,14 +63,40 @@ class Lexicon:
             if not uniq:
                 raise ValueError("word %r has no pronunciation" % word)
             self._prons[word] = uniq
-        nonsil = sorted({ph for pl in self._prons.values() for p in pl for ph in p} - {SILENCE_PHONE})
-        self._phones: List[str] = [SILENCE_PHONE] + nonsil
+        used = {ph for pl in self._prons.values() for p in pl for ph in p}
+        self._explicit_phones = phones is not None
+        if phones is None:
+            self._phones: List[str] = [SILENCE_PHONE] + sorted(used - {SILENCE_PHONE})
+        else:
+            phones = list(phones)
+            if not phones or phones[0] != SILENCE_PHONE:
+                raise ValueError("a phone list must start with %s, got %r" % (SILENCE_PHONE, phones[:3]))
+            if len(set(phones)) != len(phones):
+                raise ValueError("the phone list repeats a phone")
+            outside = sorted(used - set(phones))
+            if outside:
+                raise ValueError("pronunciations use phone(s) outside the phone list: %s" % " ".join(outside))
+            self._phones = phones
 
     # ------------------------------------------------------------------ queries
     @property
     def phones(self) -> List[str]:
-        """The phone set: ``SIL`` first, then sorted non-silence phones."""
+        """The phone set: ``SIL`` first, then sorted non-silence phones (or the explicit list given)."""
         return list(self._phones)
+
+    def with_phones(self, phones: Sequence[str]) -> Tuple["Lexicon", List[str]]:
+        """This lexicon over the phone list ``phones`` (an acoustic model's): pronunciations with a phone
+        outside it are left out, and so are words left without one. Returns ``(lexicon, dropped words)``."""
+        allowed = set(phones)
+        keep: Dict[str, List[Tuple[str, ...]]] = {}
+        dropped: List[str] = []
+        for w, plist in self._prons.items():
+            ok = [p for p in plist if set(p) <= allowed]
+            if ok:
+                keep[w] = ok
+            else:
+                dropped.append(w)
+        return Lexicon(keep, phones), sorted(dropped)
 
     @property
     def words(self) -> List[str]:
@@ -105,7 +133,7 @@ class Lexicon:
         """A lexicon restricted to ``words`` (all must be present)."""
         words = sorted(set(words))
         self.check(words)
-        return Lexicon({w: self._prons[w] for w in words})
+        return Lexicon({w: self._prons[w] for w in words}, self._phones if self._explicit_phones else None)
 
     # ---------------------------------------------------------------- file I/O
     def save(self, path: Union[str, Path]) -> None:

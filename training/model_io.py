@@ -1,14 +1,18 @@
-"""Model files for decoding: ``model.pt`` (float weights + config + CMVN) and packed ``.safetensors``.
+"""Model files for decoding: ``model.pt`` (float weights + config + CMVN + phone list) and packed
+``.safetensors``.
 
 ``model.pt`` is a plain dict of tensors and strings, read with ``weights_only=True``. The packed file is
-:mod:`quant.packing`'s format; the CMVN statistics ride in its metadata so the file alone suffices.
+:mod:`quant.packing`'s format; the CMVN statistics and the phone list ride in its metadata so the file
+alone suffices. The phone list (``SIL`` first; phone k owns pdfs 2k and 2k+1, docs/INTERFACES.md) is what
+the output units mean: decoding builds its graph over it, whatever phones a corpus's lexicon happens to use.
+A loaded model carries ``.cmvn`` and ``.phones`` (None for files written before phone lists were recorded).
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 
 from training import checkpoint as ckpt
@@ -17,13 +21,26 @@ from training.data import Cmvn
 log = logging.getLogger(__name__)
 
 
-def save_model_file(model, path, cmvn: Optional[Cmvn] = None) -> None:
-    """Write ``model`` (weights, config, CMVN) to ``path`` atomically; refuses a non-finite tensor."""
+def check_phones(model, phones: Optional[Sequence[str]]) -> None:
+    """A phone list must give the model's pdfs: 2 per phone (chain topology), ``SIL`` first."""
+    if phones is None:
+        return
+    n = getattr(model.cfg, "num_pdfs", None)
+    if n is not None and 2 * len(phones) != n:
+        raise ValueError(f"{len(phones)} phones give {2 * len(phones)} pdfs, the model has {n}")
+
+
+def save_model_file(model, path, cmvn: Optional[Cmvn] = None, phones: Optional[Sequence[str]] = None) -> None:
+    """Write ``model`` (weights, config, CMVN, phone list) to ``path`` atomically; refuses a non-finite
+    tensor."""
     ckpt.check_finite(model.state_dict(), path)
+    check_phones(model, phones)
     obj = {"config": model.cfg.to_json(), "state_dict": model.state_dict(), "format": "green-asr-model-v1"}
     if cmvn is not None:
         obj["cmvn_mean"] = cmvn.mean.clone()
         obj["cmvn_std"] = cmvn.std.clone()
+    if phones is not None:
+        obj["phones"] = json.dumps(list(phones))
     ckpt.save_atomic(obj, path)
 
 
@@ -31,6 +48,14 @@ def cmvn_metadata(cmvn: Optional[Cmvn]) -> dict:
     if cmvn is None:
         return {}
     return {"cmvn": json.dumps({"mean": cmvn.mean.tolist(), "std": cmvn.std.tolist()})}
+
+
+def model_metadata(cmvn: Optional[Cmvn], phones: Optional[Sequence[str]] = None) -> dict:
+    """The packed file's metadata: CMVN statistics and the phone list (JSON strings)."""
+    meta = cmvn_metadata(cmvn)
+    if phones is not None:
+        meta["phones"] = json.dumps(list(phones))
+    return meta
 
 
 def load_model_file(path, device="cpu"):
@@ -43,6 +68,8 @@ def load_model_file(path, device="cpu"):
         model = load_packed(str(p), device=str(device))
         meta = read_header(str(p)).get("__metadata__", {})
         model.cmvn = Cmvn(**json.loads(meta["cmvn"])) if "cmvn" in meta else None
+        model.phones = json.loads(meta["phones"]) if "phones" in meta else None
+        check_phones(model, model.phones)
         return model
     obj = ckpt.load(p, map_location="cpu")
     if not isinstance(obj, dict) or obj.get("format") != "green-asr-model-v1":
@@ -56,6 +83,8 @@ def load_model_file(path, device="cpu"):
     except RuntimeError as e:
         raise RuntimeError(f"{p}: weights do not match the recorded architecture: {e}") from e
     model.cmvn = Cmvn(obj["cmvn_mean"], obj["cmvn_std"]) if "cmvn_mean" in obj else None
+    model.phones = json.loads(obj["phones"]) if "phones" in obj else None
+    check_phones(model, model.phones)
     return model.to(device)
 
 
