@@ -108,17 +108,9 @@ def _scored_labels(words: Sequence[str]) -> List[int]:
 
 
 def _fst(num_states: int, start: int, arcs, finals: Dict[int, float]):
-    import kaldifst
+    from .graph import _fst_from_arcs
 
-    fst = kaldifst.StdVectorFst()
-    for _ in range(num_states):
-        fst.add_state()
-    fst.start = start
-    for s, d, i, o, w in arcs:
-        fst.add_arc(s, kaldifst.StdArc(i, o, w, d))
-    for s, w in finals.items():
-        fst.set_final(s, w)
-    return fst
+    return _fst_from_arcs(arcs, finals, num_states, start)
 
 
 def nbest_from_parsed(lat: ParsedLattice, words: Sequence[str], n: int = 10) -> List[Hypothesis]:
