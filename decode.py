@@ -28,13 +28,8 @@ from training.cli import add_debug_flag
 log = logging.getLogger("decode")
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML file whose keys override these options (dashes or underscores)")
-    ap.add_argument("--model", help="model file for training.checkpoint.load_acoustic_model")
-    ap.add_argument("--data-dir", required=False, default="data/synth_demo")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--out", help="output directory (default exp/decode_<split>)")
+def add_graph_args(ap) -> None:
+    """The decoding graph's options (lexicon, n-gram LM, cache), shared with rescore.py."""
     ap.add_argument("--lexicon", help="lexicon.txt (default DATA_DIR/lang/lexicon.txt)")
     ap.add_argument("--lm-text", help="LM training text (default DATA_DIR/lm_text.txt, else DATA_DIR/lm_train_text.txt)")
     ap.add_argument("--arpa", help="use this ARPA LM instead of estimating one")
@@ -45,6 +40,27 @@ def parse_args(argv=None):
                     help="add LM-text words missing from the lexicon from CMUdict (phone set unchanged)")
     ap.add_argument("--graph-cache", default="exp/graphs")
     ap.add_argument("--rebuild-graph", action="store_true")
+
+
+def add_model_run_args(ap) -> None:
+    """Features, device and run options of running the acoustic model, shared with rescore.py."""
+    ap.add_argument("--max-frames", type=int, default=20000, help="feature frames per forward batch")
+    ap.add_argument("--sampling-rate", type=int, default=16000,
+                    help="model's rate when features must be computed from audio")
+    ap.add_argument("--num-mel-bins", type=int, default=40)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file whose keys override these options (dashes or underscores)")
+    ap.add_argument("--model", help="model file for training.checkpoint.load_acoustic_model")
+    ap.add_argument("--data-dir", required=False, default="data/synth_demo")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--out", help="output directory (default exp/decode_<split>)")
+    add_graph_args(ap)
     ap.add_argument("--build-graph-only", action="store_true")
     ap.add_argument("--acoustic-scale", type=float, default=1.0)
     ap.add_argument("--beam", type=float, default=15.0)
@@ -55,13 +71,7 @@ def parse_args(argv=None):
     ap.add_argument("--sweep-acoustic-scales", default="0.5,0.7,0.85,1.0,1.2,1.5")
     ap.add_argument("--sweep-lm-weights", default="", help="comma list; rescoring raw lattices")
     ap.add_argument("--compare", help="baseline decode dir (hyps.txt) for MAPSSWE + paired bootstrap")
-    ap.add_argument("--max-frames", type=int, default=20000, help="feature frames per forward batch")
-    ap.add_argument("--sampling-rate", type=int, default=16000,
-                    help="model's rate when features must be computed from audio")
-    ap.add_argument("--num-mel-bins", type=int, default=40)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-progress", action="store_true")
+    add_model_run_args(ap)
     add_debug_flag(ap)
     args = ap.parse_args(argv)
     if args.config:

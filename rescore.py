@@ -29,6 +29,8 @@ import os
 import sys
 import time
 
+import decode
+
 log = logging.getLogger("rescore")
 
 
@@ -52,23 +54,8 @@ def parse_args(argv=None):
     ap.add_argument("--lm-weights", default="0.5,0.7,0.85,1.0,1.2,1.5,2.0", help="grid, comma list")
     ap.add_argument("--alphas", default="0,0.25,0.5,0.75,1.0", help="grid of Transformer LM weights in [0, 1]")
     ap.add_argument("--lm-batch-size", type=int, default=64)
-    # graph (as decode.py)
-    ap.add_argument("--lexicon", help="lexicon.txt (default DATA_DIR/lang/lexicon.txt)")
-    ap.add_argument("--lm-text", help="n-gram LM text (default DATA_DIR/lm_text.txt, else lm_train_text.txt)")
-    ap.add_argument("--arpa", help="use this ARPA LM instead of estimating one")
-    ap.add_argument("--lm-order", type=int, default=3)
-    ap.add_argument("--lm-method", choices=["kn", "wb"], default="kn")
-    ap.add_argument("--sil-prob", type=float, default=0.5)
-    ap.add_argument("--extend-lexicon", action="store_true")
-    ap.add_argument("--graph-cache", default="exp/graphs")
-    ap.add_argument("--rebuild-graph", action="store_true")
-    # features / device
-    ap.add_argument("--max-frames", type=int, default=20000)
-    ap.add_argument("--sampling-rate", type=int, default=16000)
-    ap.add_argument("--num-mel-bins", type=int, default=40)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-progress", action="store_true")
+    decode.add_graph_args(ap)
+    decode.add_model_run_args(ap)
     args = ap.parse_args(argv)
     if args.nbest < 1:
         ap.error("--nbest must be >= 1")
@@ -86,7 +73,6 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    import decode
     from decoding.decoder import DecoderConfig, compute_outputs, cut_references
     from decoding.lm import NgramModel
     from decoding.nbest import nbest_outputs
