@@ -5,9 +5,11 @@ Examples::
 
     python prepare_data.py --corpus synth --size demo --out data/synth_demo --seed 0
     python prepare_data.py --corpus synth --size tiny --out data/synth_tiny --sample-rate 8000
+    python prepare_data.py --corpus synth --size demo --out data/synth_tel --augment-config configs/corpus_telephone.yaml
     python prepare_data.py --corpus switchboard --audio-dir /ldc/LDC97S62 \\
         --transcripts-dir /ldc/swb_ms98_transcriptions --out data/swbd --oov skip
     python prepare_data.py --corpus kaldi --data-dir /path/kaldi/data/train --out data/mycorpus
+    python prepare_data.py --corpus asterisk --out data/real_asterisk --oov skip   # real-speech check set
 
 Bad inputs (missing/corrupt audio, empty transcripts, too-short cuts) are skipped, counted and listed
 in summary.json (``--on-bad error`` makes them errors); out-of-lexicon words are an error listing them
@@ -30,7 +32,9 @@ _OUTPUTS = ("audio", "feats", "lang", "cuts_train.jsonl.gz", "cuts_dev.jsonl.gz"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", required=True, choices=("synth", "switchboard", "kaldi"))
+    p.add_argument("--corpus", required=True, choices=("synth", "switchboard", "kaldi", "asterisk"),
+                   help="synth: the embedded TTS corpus; asterisk: the real-speech check set (dev/test only, "
+                        "fetched from Debian's registry, corpus.realspeech)")
     p.add_argument("--out", required=True, type=Path, help="output directory (data/<name>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-rate", type=int, default=None, choices=(8000, 16000),
@@ -51,14 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared directory")
     p.add_argument("--resume", action="store_true",
-                   help="synth: keep audio already synthesised in --out (same seed/size/rate), redo the rest")
+                   help="synth: keep audio already synthesised in --out (same seed/size/rate/augment config), "
+                        "redo the rest")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="accepted for uniformity; CPU only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("synth")
     g.add_argument("--size", choices=("tiny", "demo", "full"), default="demo")
+    g.add_argument("--augment-config", type=Path,
+                   help="YAML of corpus.augment.AugmentConfig: noise, reverb, telephone channel/codec and gain "
+                        "of the training utterances (e.g. configs/corpus_telephone.yaml); default: noise only")
     g = p.add_argument_group("switchboard")
     g.add_argument("--audio-dir", type=Path, help="LDC97S62 directory (*.sph)")
     g.add_argument("--transcripts-dir", type=Path, help="swb_ms98_transcriptions directory")
+    g = p.add_argument_group("asterisk")
+    g.add_argument("--source-dir", type=Path, default=Path("data/real_src/asterisk"),
+                   help="where the Debian packages are downloaded and unpacked (reused when present)")
     g = p.add_argument_group("kaldi")
     g.add_argument("--data-dir", type=Path, help="Kaldi data dir (wav.scp, text, utt2spk, [segments])")
     g.add_argument("--dev-dir", type=Path, help="optional Kaldi dev dir (else speakers are held out)")
@@ -120,6 +131,14 @@ def run(args: argparse.Namespace) -> dict:
 
     t0 = time.time()
     out = args.out
+    augment = None
+    if args.augment_config is not None:  # read before anything in --out is touched
+        if args.corpus != "synth":
+            raise ValueError("--augment-config applies to --corpus synth only")
+        from corpus.augment import load_augment_config
+
+        augment = load_augment_config(args.augment_config)
+        augment.check_tools()
     clear_outputs(out, args.overwrite or args.resume, keep=("audio",) if args.resume else ())
     out.mkdir(parents=True, exist_ok=True)
     rate = args.sample_rate or (8000 if args.corpus == "switchboard" else 16000)
@@ -127,12 +146,14 @@ def run(args: argparse.Namespace) -> dict:
     extra = {"corpus": args.corpus, "seed": args.seed, "sample_rate": rate}
     lm_extra = []
     if args.corpus == "synth":
+        from corpus.augment import AugmentConfig
         from corpus.synth import build_audio
 
         extra["size"] = args.size
         splits, info = build_audio(args.size, out, args.seed, rate, args.jobs, progress=not args.quiet,
-                                    resume=args.resume)
+                                    resume=args.resume, augment=augment or AugmentConfig())
         extra["synthesis_s"] = info["synthesis_s"]
+        extra["augment"] = dict(info["augment"], config_file=str(args.augment_config) if augment else None)
         lm_extra = list(info["lm_extra_text"])
         extra["text_source"] = "Debian fortunes + fortunes-min (/usr/share/games/fortunes)"
     elif args.corpus == "switchboard":
@@ -141,6 +162,12 @@ def run(args: argparse.Namespace) -> dict:
         if not args.audio_dir or not args.transcripts_dir:
             raise SystemExit("--corpus switchboard needs --audio-dir and --transcripts-dir")
         splits = import_switchboard(args.audio_dir, args.transcripts_dir, rate, log, args.seed)
+    elif args.corpus == "asterisk":
+        from corpus.realspeech import fetch_asterisk, import_asterisk
+
+        root = fetch_asterisk(args.source_dir)
+        splits = import_asterisk(root, rate, log)
+        extra["source"] = "Debian asterisk-core-sounds-en(-wav): one human speaker, 8 kHz prompts, CC-BY-SA-3.0"
     else:
         from corpus.importers import import_kaldi
 
@@ -158,7 +185,12 @@ def run(args: argparse.Namespace) -> dict:
         min_duration=args.min_duration, oov=args.oov, on_bad=args.on_bad, num_jobs=args.jobs,
         progress=not args.quiet,
     )
-    return prepare_dir(splits, lexicon, out, opts, log, extra, t_start=t0, lm_extra_text=lm_extra)
+    summary = prepare_dir(splits, lexicon, out, opts, log, extra, t_start=t0, lm_extra_text=lm_extra)
+    if args.corpus == "asterisk":
+        from corpus.realspeech import write_prompt_lm_text
+
+        write_prompt_lm_text(out)
+    return summary
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,10 @@ PY = sys.executable
 KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
 TOP_KEYS = {"data_dir", "systems", "space", "splits", "retrain_config", "search_config", "finetune_config",
             "retrain_args", "decode_args", "reference", "search_from_fp32", "finetune_from_fp32",
-            "distill_from_fp32", "device", "out"}
+            "distill_from_fp32", "device", "out", "real_speech"}
+# real_speech: a second test set of real human speech (prepare_data.py --corpus asterisk), decoded for
+# every system; a system is lossless only where it is lossless on the synthetic splits and on it.
+REAL_KEYS = {"data_dir", "split", "lm_text", "decode_args"}
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
                "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference"}
@@ -69,6 +72,13 @@ def load_config(path) -> Dict[str, Any]:
         if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
             raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
         _check_budget(path, s)
+    real = cfg.get("real_speech")
+    if real is not None:
+        if not isinstance(real, dict) or "data_dir" not in real:
+            raise ValueError(f"{path}: real_speech must be a mapping with data_dir (and split, lm_text, decode_args)")
+        unknown = sorted(set(real) - REAL_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: real_speech: unknown key(s) {unknown}; known: {sorted(REAL_KEYS)}")
     return cfg
 
 
@@ -143,6 +153,11 @@ class Runner:
         self.data_dir = cfg["data_dir"]
         self.space = cfg.get("space", "tdnnf_demo")
         self.splits = list(cfg.get("splits", ["dev", "test"]))
+        self.real = cfg.get("real_speech")
+        if self.real is not None and "real" in self.splits:
+            raise ValueError("a split may not be called 'real' when real_speech is set")
+        # every evaluated set: the corpus's splits, then "real" (the real-speech check set) if configured
+        self.eval_sets = self.splits + (["real"] if self.real is not None else [])
         self.retrain_config = cfg.get("retrain_config")
         self.search_config = cfg.get("search_config")
         self.extra_retrain = [str(a) for a in cfg.get("retrain_args", [])]
@@ -246,16 +261,25 @@ class Runner:
         what = "train" if s["kind"] == "fp32" else "fine-tune (QAT) and export"
         run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt", self.console, what)
 
+    def decode_command(self, name: str) -> List[str]:
+        """decode.py's data options for evaluated set ``name`` (a split, or "real")."""
+        if name != "real":
+            return ["--data-dir", self.data_dir, "--split", name] + self.extra_decode
+        r = self.real
+        cmd = ["--data-dir", str(r["data_dir"]), "--split", str(r.get("split", "test"))]
+        if r.get("lm_text"):
+            cmd += ["--lm-text", str(r["lm_text"])]
+        return cmd + [str(a) for a in r.get("decode_args", self.extra_decode)]
+
     def decode(self, s) -> None:
         d = self.sys_dir(s["name"])
-        for split in self.splits:
+        for split in self.eval_sets:
             dd = d / f"decode_{split}"
             if (dd / "wer.json").is_file():
                 continue
-            cmd = [PY, "decode.py", "--model", str(d / "model.safetensors"), "--data-dir", self.data_dir,
-                   "--split", split, "--out", str(dd), "--device", self.device,
-                   "--graph-cache", str(self.out / "graphs")] + self.progress_args
-            run(cmd + self.extra_decode, d / "log.txt", self.console, f"decode {split}")
+            cmd = [PY, "decode.py", "--model", str(d / "model.safetensors"), "--out", str(dd),
+                   "--device", self.device, "--graph-cache", str(self.out / "graphs")] + self.progress_args
+            run(cmd + self.decode_command(split), d / "log.txt", self.console, f"decode {split}")
 
     # ----------------------------------------------------------------- table
     def row(self, s) -> Dict[str, Any]:
@@ -268,7 +292,7 @@ class Runner:
              "mean_bits": sum(bits) / len(bits), "bottlenecks": "/".join(str(x) for x in dims),
              "bytes": size["file_bytes"], "payload_bytes": size["payload_bytes"],
              "ratio": size["fp32_bytes"] / size["payload_bytes"]}
-        for split in self.splits:
+        for split in self.eval_sets:
             w = json.load(open(d / f"decode_{split}" / "wer.json"))
             r[f"wer_{split}"] = w["wer"]  # percent
             r[f"p_{split}"], r[f"p_boot_{split}"], r[f"delta_{split}"] = self.significance(
@@ -295,14 +319,14 @@ class Runner:
         return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], delta
 
     def lossless(self, r: Dict[str, Any]) -> bool:
-        """No significant WER change against the row's reference on any split (MAPSSWE p >= 0.05); the
-        reference itself counts as lossless."""
-        return all(r.get(f"p_{sp}") is None or r[f"p_{sp}"] >= 0.05 for sp in self.splits)
+        """No significant WER change against the row's reference on any evaluated set, the real-speech
+        set included (MAPSSWE p >= 0.05); the reference itself counts as lossless."""
+        return all(r.get(f"p_{sp}") is None or r[f"p_{sp}"] >= 0.05 for sp in self.eval_sets)
 
     def result_line(self, r: Dict[str, Any]) -> str:
         """One line for a finished system: size, ratio, WER per split and its change against the reference."""
         parts = [f"{r['system']}: {r['bytes']:,} bytes ({r['ratio']:.1f}x)"]
-        for sp in self.splits:
+        for sp in self.eval_sets:
             cell = f"{sp} {r[f'wer_{sp}']:.2f}%"
             if r.get(f"p_{sp}") is not None:
                 cell += f" ({r[f'delta_{sp}']:+.2f} vs {r['reference']}, p={r[f'p_{sp}']:.3f})"
@@ -330,12 +354,12 @@ class Runner:
             w.writerows(rows)
         json.dump(rows, open(self.out / "results.json", "w"), indent=1)
         head = ["system", "bits per layer", "bottlenecks", "bytes on disk", "ratio"]
-        for sp in self.splits:
+        for sp in self.eval_sets:
             head += [f"{sp} WER %", f"{sp} dWER vs {self.reference} (p)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             cells = [r["system"], r["bits"], r["bottlenecks"] or "-", f"{r['bytes']:,}", f"{r['ratio']:.1f}x"]
-            for sp in self.splits:
+            for sp in self.eval_sets:
                 cells.append(f"{r[f'wer_{sp}']:.2f}")
                 if r["system"] == self.reference:
                     cells.append("(reference)")
@@ -466,7 +490,7 @@ class Runner:
     def finished(self, s) -> bool:
         d = self.sys_dir(s["name"])
         return (d / "size.json").is_file() and all((d / f"decode_{sp}" / "wer.json").is_file()
-                                                   for sp in self.splits)
+                                                   for sp in self.eval_sets)
 
 
 def main(argv=None) -> int:

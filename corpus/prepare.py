@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from corpus.features import cmvn_from_stats, compute_features, save_cmvn
-from corpus.validate import Problem, SkipLog, audio_file, ensure_resampler, validate_cuts
+from corpus.validate import Problem, SkipLog, audio_file, duration_check, ensure_resampler, validate_cuts
 from lang.lexicon import Lexicon
 
 logger = logging.getLogger(__name__)
@@ -136,14 +136,17 @@ def prepare_dir(
         if bad_base:  # drop every copy (speed-perturbed too) of an utterance whose audio is corrupt
             done = [c for c in done if origin[c.id] not in bad_base]
         featured[name] = CutSet.from_cuts(done)
-        if name == "train":
+        if name == "train" and cuts:  # an evaluation-only corpus (no train split) has no CMVN of its own
             cmvn = cmvn_from_stats(stats)
     log.raise_if_any(opts.on_bad)
     timings["features_s"] = round(time.time() - t, 2)
 
     for name in SPLITS:
         write_cuts(featured[name], out_dir / ("cuts_%s.jsonl.gz" % name))
-    save_cmvn(cmvn, out_dir / "cmvn.json")
+    if cmvn is not None:
+        save_cmvn(cmvn, out_dir / "cmvn.json")
+    else:
+        logger.info("no training utterances: evaluation-only corpus, no cmvn.json (models carry their own)")
     train_orig = [c for c in featured["train"] if c.id in is_orig]
     train_text = [c.supervisions[0].text for c in train_orig]
     extra, lm_stats = _filter_lm_extra(lm_extra_text, featured, lexicon)
@@ -178,6 +181,7 @@ def prepare_dir(
         summary["splits"][name]["oov_rate_vs_lm_text"] = round(
             sum(w not in lm_vocab for w in toks) / max(1, len(toks)), 4)
     summary["lm_text"] = lm_stats
+    summary["duration_check"] = {name: duration_check(featured[name], lexicon) for name in SPLITS}
     summary["lexicon_words"] = len(words)
     summary["phones"] = len(lexicon.subset(words).phones)
     summary["features"] = {"type": "fbank", "num_mel_bins": opts.num_mel_bins, "frame_shift": 0.01,

@@ -20,7 +20,8 @@ from lang.lexicon import Lexicon, OOVError
 logger = logging.getLogger(__name__)
 
 REASONS = ("missing_audio", "unreadable_audio", "truncated_audio", "corrupt_audio", "bad_channel", "bad_segment",
-           "bad_text", "duplicate_id", "missing_speaker", "empty_transcript", "oov", "too_short")
+           "bad_text", "duplicate_id", "missing_speaker", "empty_transcript", "oov", "too_short",
+           "non_speech", "ambiguous_text")
 
 
 class DataError(RuntimeError):
@@ -48,6 +49,7 @@ class SkipLog:
     resampled: List[Problem] = field(default_factory=list)
     channel_selected: List[Problem] = field(default_factory=list)
     inputs: Dict[str, int] = field(default_factory=dict)  # input entries per split, where an importer counts them
+    unindexed: List[str] = field(default_factory=list)  # audio files no transcript names (not used)
 
     def skip(self, p: Problem) -> None:
         logger.warning("skipping %s", p.describe())
@@ -55,6 +57,9 @@ class SkipLog:
 
     def count_input(self, split: str, n: int) -> None:
         self.inputs[split] = self.inputs.get(split, 0) + int(n)
+
+    def note_unindexed(self, files: List[str]) -> None:
+        self.unindexed.extend(files)
 
     def note_channel(self, p: Problem) -> None:
         self.channel_selected.append(p)
@@ -83,6 +88,8 @@ class SkipLog:
             "channel_selected_total": len(self.channel_selected),
             "channel_selected": [asdict(p) for p in self.channel_selected],
             "input_entries": dict(self.inputs),
+            "unindexed_audio_total": len(self.unindexed),
+            "unindexed_audio": list(self.unindexed),
         }
 
 
@@ -187,3 +194,39 @@ def validate_cuts(
         raise OOVError(words, "%s split (%d utterances, e.g. %s); pass --oov skip to drop them, or --lexicon "
                        "with a lexicon that has them" % (split, len(oov_utts), examples))
     return CutSet.from_cuts(keep)
+
+
+DURATION_OUTLIER_Z = 3.5
+
+
+def duration_check(cuts, lexicon: Lexicon, z_max: float = DURATION_OUTLIER_Z) -> Dict[str, object]:
+    """Does each transcript fit its audio's length?  A least-squares line ``duration = a + b * phones``
+    over the split (``a``: the leading and trailing silence, ``b``: seconds per phone; phones of each
+    word's first pronunciation), and the outliers: cuts whose residual's robust z-score
+    ``(r - median) / (1.4826 * MAD)`` exceeds ``z_max`` in size, a sign of a transcript that does not
+    belong to the audio (or of long pauses); residuals are log ratios of duration to the line.  Nothing is dropped; the list is for reading."""
+    import numpy as np
+
+    rows = []
+    for c in cuts:
+        words = c.supervisions[0].text.split()
+        n = sum(len(lexicon.pronunciations(w)[0]) for w in words if w in lexicon)
+        if n:
+            rows.append((c.id, float(c.duration), n))
+    if len(rows) < 3:
+        return {"utterances": len(rows)}
+    dur = np.array([d for _, d, _ in rows])
+    nph = np.array([n for _, _, n in rows], dtype=np.float64)
+    if np.ptp(nph) > 0:
+        b, a = np.polyfit(nph, dur, 1)
+    else:
+        a, b = 0.0, float(np.median(dur / nph))
+    res = np.log(dur / np.maximum(a + b * nph, 1e-3))  # relative: long prompts vary more in seconds
+    med = float(np.median(res))
+    mad = float(np.median(np.abs(res - med))) or 1e-9
+    z = (res - med) / (1.4826 * mad)
+    out = [{"utterance": u, "duration_s": round(d, 3), "phones": n, "expected_s": round(float(a + b * n), 3),
+            "z": round(float(zz), 2)} for (u, d, n), zz in zip(rows, z) if abs(zz) > z_max]
+    out.sort(key=lambda r: -abs(r["z"]))
+    return {"utterances": len(rows), "silence_s": round(float(a), 4), "s_per_phone": round(float(b), 4),
+            "log_ratio_mad": round(mad, 4), "z_max": z_max, "outliers_total": len(out), "outliers": out}

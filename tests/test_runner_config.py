@@ -78,3 +78,32 @@ def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path,
     assert teacher_of("u4:retrain.py") == teacher
     assert teacher_of("u4_plain:retrain.py") is None
     assert teacher_of("nas:train_search.py") == teacher and teacher_of("nas:retrain.py") == teacher
+
+
+def test_real_speech_set_is_decoded_tabled_and_counts_for_lossless(tmp_path):
+    p = tmp_path / "exp.yaml"
+    base = {"data_dir": "d", "decode_args": ["--acoustic-scale", "1.2"],
+            "systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4}]}
+    p.write_text(json.dumps({**base, "real_speech": {"data_dir": "r", "lm_txt": "x"}}))
+    with pytest.raises(ValueError, match="real_speech: unknown key\\(s\\) \\['lm_txt'\\]"):
+        rx.load_config(p)
+    p.write_text(json.dumps({**base, "real_speech": {"data_dir": "r", "lm_text": "r/lm_prompts.txt"}}))
+    cfg = rx.load_config(p)
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    assert runner.eval_sets == ["dev", "test", "real"]
+    assert runner.decode_command("real") == ["--data-dir", "r", "--split", "test", "--lm-text", "r/lm_prompts.txt",
+                                             "--acoustic-scale", "1.2"]
+    assert runner.decode_command("dev") == ["--data-dir", "d", "--split", "dev", "--acoustic-scale", "1.2"]
+    # lossless needs every evaluated set, the real one included
+    assert runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.3})
+    assert not runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01})
+    # a system is finished only once the real set is decoded too
+    d = tmp_path / "exp" / "u4"
+    for sp in ("dev", "test"):
+        (d / f"decode_{sp}").mkdir(parents=True)
+        (d / f"decode_{sp}" / "wer.json").write_text("{}")
+    (d / "size.json").write_text("{}")
+    assert not runner.finished(cfg["systems"][1])
+    (d / "decode_real").mkdir()
+    (d / "decode_real" / "wer.json").write_text("{}")
+    assert runner.finished(cfg["systems"][1])
