@@ -38,16 +38,25 @@ def _extract_shard(args) -> Tuple[list, list, Optional[np.ndarray], Optional[np.
                 msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip())
                 failed.append((cut.id, "%s: %s" % (type(e).__name__, msg[:400])))
                 continue
+            bad = int(np.size(samples) - np.isfinite(samples).sum())
+            if bad:  # NaN/inf samples (a float WAV can hold them) would poison CMVN and every batch
+                failed.append((cut.id, "%d non-finite audio sample(s)" % bad))
+                continue
             info = extractor.extract_from_samples_and_store(
                 samples=samples, storage=writer, sampling_rate=cut.sampling_rate, offset=cut.start,
                 channel=cut.channel)
             done.append(fastcopy(cut, features=info))
+    kept = []
     for c in done:
         f = c.load_features().astype(np.float64)
+        if not np.isfinite(f).all():
+            failed.append((c.id, "%d non-finite feature value(s)" % int(np.size(f) - np.isfinite(f).sum())))
+            continue
+        kept.append(c)
         s1 += f.sum(0)
         s2 += (f * f).sum(0)
         n += f.shape[0]
-    return done, failed, s1, s2, n
+    return kept, failed, s1, s2, n
 
 
 def compute_features(
@@ -61,7 +70,8 @@ def compute_features(
 ):
     """Compute and store Fbank for ``cuts``; returns ``(cuts_with_feats, failures, stats)``.
 
-    ``failures`` is a list of ``(cut_id, message)``; ``stats`` is ``(sum, sum_sq, frames)``.
+    ``failures`` is a list of ``(cut_id, message)`` (unreadable audio, non-finite samples or features: the
+    caller counts them as skips); ``stats`` is ``(sum, sum_sq, frames)`` over the kept cuts.
     """
     feats_dir = Path(feats_dir)
     feats_dir.mkdir(parents=True, exist_ok=True)

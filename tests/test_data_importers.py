@@ -355,3 +355,22 @@ def test_kaldi_importer_channel_out_of_range_and_too_few_speakers(tmp_path):
     with pytest.raises(DataError, match="--dev-dir DEV --test-dir TEST"):
         prepare_data.run(prepare_data.build_parser().parse_args(
             ["--corpus", "kaldi", "--data-dir", str(d2), "--out", str(tmp_path / "o2"), "--quiet", "--jobs", "1"]))
+
+
+def test_non_finite_audio_is_a_counted_skip(tmp_path):
+    """A float WAV may hold NaN/inf samples: the utterance (and its speed-perturbed copies) is skipped and
+    named, and CMVN stays finite."""
+    d = make_kaldi_dir(tmp_path)
+    x = _tone(1.0, 16000, 99)
+    x[100:110] = np.nan
+    bad = d / "wav" / "spk0-utt0.wav"
+    sf.write(str(bad), x, 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert _prepare("--corpus", "kaldi", "--data-dir", str(d), "--out", str(out)) == 0
+    s = _summary(out)
+    assert s["skipped_by_reason"]["corrupt_audio"] == 1
+    (p,) = [p for p in s["skipped"] if p["reason"] == "corrupt_audio"]
+    assert p["utterance"] == "spk0-utt0" and "non-finite" in p["detail"]
+    assert all(not c.id.startswith("spk0-utt0") for sp in ("train", "dev", "test") for c in _cuts(out, sp))
+    cmvn = json.loads((out / "cmvn.json").read_text())
+    assert np.isfinite(cmvn["mean"]).all() and np.isfinite(cmvn["std"]).all()
