@@ -5,7 +5,7 @@ Examples::
 
     python prepare_data.py --corpus synth --size demo --out data/synth_demo --seed 0
     python prepare_data.py --corpus synth --size tiny --out data/synth_tiny --sample-rate 8000
-    python prepare_data.py --corpus synth --size demo --out data/synth_tel --augment-config configs/corpus_telephone.yaml
+    python prepare_data.py --corpus synth --out data/synth_tel --augment-config configs/corpus_telephone.yaml
     python prepare_data.py --corpus switchboard --audio-dir /ldc/LDC97S62 \\
         --transcripts-dir /ldc/swb_ms98_transcriptions --out data/swbd --oov skip
     python prepare_data.py --corpus kaldi --data-dir /path/kaldi/data/train --out data/mycorpus

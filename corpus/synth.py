@@ -5,9 +5,12 @@
   (the LM text), so WER measures recognition rather than out-of-vocabulary words.
 * Speakers: voice variants (corpus.tts); variant 0 of each base voice is a test speaker, variant 1 a
   dev speaker, the rest train: test/dev speakers never occur in training.
-* Augmentation: half of the training utterances get additive noise (white, pink or brown) at an SNR
-  from {5, 10, 15, 20} dB, drawn from a numpy generator seeded by (seed, utterance id); speed
-  perturbation 0.9/1.1 is added later on the cuts (corpus.prepare).
+* Augmentation (training utterances only; corpus.augment, configured by an ``AugmentConfig``): by
+  default half of them get additive noise (white, pink or brown) at an SNR from {5, 10, 15, 20} dB;
+  a config may add reverberation, a telephone channel (8 kHz, 300-3400 Hz, mu-law/GSM) and a level
+  change.  Which effects apply is drawn in ``plan`` (recorded in the supervision's ``custom``), the
+  signals from a numpy generator seeded by (seed, utterance id); speed perturbation 0.9/1.1 is added
+  later on the cuts (corpus.prepare).
 * LM text: besides the training transcripts, the decoding LM may use up to ``SizeSpec.lm_extra`` more
   sentences of the text source that are in no split (never a dev or test sentence), the way a
   Switchboard system's LM also reads Fisher transcripts; the acoustic model never sees them.
@@ -23,12 +26,14 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
 
 from corpus import tts
+from corpus.augment import (AugmentConfig, _noise, add_noise, apply_augmentation,  # noqa: F401 (re-exported)
+                            effect_counts, plan_augmentation)
 from corpus.text import load_sentences
 
 logger = logging.getLogger(__name__)
@@ -47,9 +52,9 @@ SIZES: Dict[str, SizeSpec] = {
     "demo": SizeSpec(train=1150, dev=150, test=150, lm_extra=100000),
     "full": SizeSpec(train=11200, dev=400, test=400, lm_extra=100000),
 }
-NOISE_FRACTION = 0.5
-NOISE_SNRS = (5.0, 10.0, 15.0, 20.0)
-NOISE_TYPES = ("white", "pink", "brown")
+NOISE_FRACTION = AugmentConfig.noise_prob  # the defaults of AugmentConfig (kept for existing imports)
+NOISE_SNRS = AugmentConfig.noise_snrs_db
+NOISE_TYPES = AugmentConfig.noise_types
 CHUNK = 40
 
 
@@ -80,55 +85,48 @@ def split_sentences(sentences: Sequence[str], size: SizeSpec, seed: int) -> Dict
 
 
 def _utt_rng(seed: int, utt_id: str) -> np.random.Generator:
+    """The generator of an utterance's augmentation signals (noise, room impulse response)."""
     return np.random.default_rng([seed, zlib.crc32(utt_id.encode())])
 
 
-def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    white = rng.standard_normal(n)
-    if kind == "white":
-        return white
-    spec = np.fft.rfft(white)
-    f = np.arange(len(spec), dtype=np.float64)
-    f[0] = 1.0
-    spec = spec / (np.sqrt(f) if kind == "pink" else f)
-    out = np.fft.irfft(spec, n)
-    return out - out.mean()
-
-
-def add_noise(samples: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """Add ``kind`` noise at ``snr_db`` relative to the mean power of ``samples`` (float in [-1, 1])."""
-    noise = _noise(kind, len(samples), rng)
-    p_sig = float(np.mean(samples ** 2)) + 1e-12
-    p_noise = float(np.mean(noise ** 2)) + 1e-12
-    noise *= np.sqrt(p_sig / (p_noise * 10 ** (snr_db / 10.0)))
-    return np.clip(samples + noise, -1.0, 1.0)
+def _effect_rng(seed: int, utt_id: str) -> np.random.Generator:
+    """The generator of an utterance's non-noise augmentation draws (``plan_augmentation``'s
+    ``effect_rng``): kept apart from the shared plan generator, so that enabling reverb, telephone or
+    gain changes no speaker, sentence or noise draw of the corpus."""
+    return np.random.default_rng([seed, zlib.crc32(utt_id.encode()), 1])
 
 
 @dataclass(frozen=True)
 class Job:
     items: Tuple[tts.SynthItem, ...]
     paths: Tuple[str, ...]
-    noise: Tuple[Tuple[str, float], ...]  # ("", 0) for clean
+    plans: Tuple[Dict[str, Any], ...]  # per item, corpus.augment.plan_augmentation's dict ({}: clean)
     sample_rate: int
     seed: int
+    augment: AugmentConfig = AugmentConfig()  # the config the plans were drawn from
 
 
 def _run_job(job: Job) -> int:
-    """Synthesise one chunk; each file appears atomically (written as ``*.part.wav``, then renamed)."""
+    """Synthesise one chunk and augment its planned items; each file appears atomically (written as
+    ``*.part.wav``, then renamed)."""
+    job.augment.check_tools()
     parts = {it.utt_id: Path(p).with_suffix(".part.wav") for it, p in zip(job.items, job.paths)}
     tts.synthesize(job.items, parts, job.sample_rate)
-    for it, (kind, snr), final in zip(job.items, job.noise, job.paths):
+    for it, aug, final in zip(job.items, job.plans, job.paths):
         path = parts[it.utt_id]
-        if kind:
+        if aug:
             x, sr = sf.read(str(path), dtype="float64")
-            y = add_noise(x, kind, snr, _utt_rng(job.seed, it.utt_id))
+            y = apply_augmentation(x, sr, aug, _utt_rng(job.seed, it.utt_id))
             sf.write(str(path), y, sr, subtype="PCM_16")
         os.replace(path, final)
     return len(job.items)
 
 
-def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str, Tuple[str, float]], List[str]]:
-    """Sentences, speakers and noise for every utterance (no audio yet), and the extra LM sentences."""
+def plan(size: str, seed: int, augment: AugmentConfig = AugmentConfig()
+         ) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str, Dict[str, Any]], List[str]]:
+    """Sentences, speakers and augmentation plans for every utterance (no audio yet), and the extra LM
+    sentences.  Plans (``{utt_id: plan}``) are drawn for training utterances only and listed only when
+    not empty; with the default ``augment`` they are today's noise plans, draw for draw."""
     from lang.lexicon import cmudict_prons
 
     cmu = cmudict_prons()
@@ -136,7 +134,7 @@ def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str
     by_split = split_sentences(sentences, SIZES[size], seed)
     rng = np.random.default_rng(seed + 1)
     items: Dict[str, List[tts.SynthItem]] = {}
-    noise: Dict[str, Tuple[str, float]] = {}
+    plans: Dict[str, Dict[str, Any]] = {}
     for split in ("train", "dev", "test"):
         spk = tts.speakers_for_split(split)
         w = np.array([s.base.weight for s in spk], dtype=np.float64)
@@ -146,16 +144,19 @@ def plan(size: str, seed: int) -> Tuple[Dict[str, List[tts.SynthItem]], Dict[str
             s = spk[i] if i < len(spk) else spk[int(rng.choice(len(spk), p=w / w.sum()))]
             utt = "%s_%s%05d" % (s.id, split, i)
             lst.append(tts.SynthItem(utt, text, s))
-            if split == "train" and rng.random() < NOISE_FRACTION:
-                noise[utt] = (NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))], float(NOISE_SNRS[int(rng.integers(len(NOISE_SNRS)))]))
+            if split == "train":  # the noise draws share ``rng`` with the speaker draws, as always
+                aug = plan_augmentation(augment, rng, effect_rng=_effect_rng(seed, utt))
+                if aug:
+                    plans[utt] = aug
         items[split] = lst
-    return items, noise, by_split["lm_extra"]
+    return items, plans, by_split["lm_extra"]
 
 
 def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 16000, num_jobs: int = 2,
-                progress: bool = True, resume: bool = False):
+                progress: bool = True, resume: bool = False, augment: AugmentConfig = AugmentConfig()):
     """Synthesise the corpus audio under ``out_dir/audio``; return ``{split: CutSet}`` (no features) and an
-    info dict (``synthesis_s``, ``lm_extra_text``: the extra LM sentences).
+    info dict (``synthesis_s``, ``lm_extra_text``: the extra LM sentences, ``augment``: the config and
+    ``counts``, training utterances per effect, see ``corpus.augment.effect_counts``).
 
     With ``resume``, chunks whose audio files all exist already are not synthesised again (files are
     written atomically, so an interrupted build leaves no half-written audio).
@@ -164,8 +165,9 @@ def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 1600
     from tqdm import tqdm
 
     tts.check_engines()
+    augment.check_tools()
     out_dir = Path(out_dir).resolve()
-    items, noise, lm_extra = plan(size, seed)
+    items, plans, lm_extra = plan(size, seed, augment)
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs: List[Job] = []
@@ -178,7 +180,7 @@ def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 1600
             for k in range(0, len(lst), CHUNK):
                 chunk = tuple(lst[k:k + CHUNK])
                 jobs.append(Job(chunk, tuple(str(audio_dir / (it.utt_id + ".wav")) for it in chunk),
-                                tuple(noise.get(it.utt_id, ("", 0.0)) for it in chunk), sample_rate, seed))
+                                tuple(plans.get(it.utt_id, {}) for it in chunk), sample_rate, seed, augment))
     if resume:
         n_before = len(jobs)
         jobs = [j for j in jobs if not all(Path(p).is_file() for p in j.paths)]
@@ -200,15 +202,15 @@ def build_audio(size: str, out_dir: Path, seed: int = 0, sample_rate: int = 1600
         cuts = []
         for it in items[split]:
             rec = Recording.from_file(audio_dir / (it.utt_id + ".wav"), recording_id=it.utt_id)
-            kind, snr = noise.get(it.utt_id, ("", 0.0))
             custom = {"engine": it.speaker.base.engine, "voice": it.speaker.base.voice,
                       "stretch": it.speaker.stretch, "pitch_cents": it.speaker.pitch_cents}
-            if kind:
-                custom.update({"noise": kind, "snr_db": snr})
+            custom.update(plans.get(it.utt_id, {}))  # noise, snr_db, rt60_s, drr_db, telephone, gain_db
             sup = SupervisionSegment(id=it.utt_id, recording_id=it.utt_id, start=0.0, duration=rec.duration,
                                      channel=0, text=it.text, speaker=it.speaker.id, language="English",
                                      custom=custom)
             cuts.append(MonoCut(id=it.utt_id, start=0.0, duration=rec.duration, channel=0,
                                 recording=rec, supervisions=[sup]))
         splits[split] = CutSet.from_cuts(cuts)
-    return splits, {"synthesis_s": round(time.time() - t, 2), "lm_extra_text": lm_extra}
+    counts = effect_counts(plans.get(it.utt_id, {}) for it in items["train"])
+    return splits, {"synthesis_s": round(time.time() - t, 2), "lm_extra_text": lm_extra,
+                    "augment": {"config": augment.to_dict(), "counts": counts}}
