@@ -27,14 +27,22 @@ from pathlib import Path
 
 import torch
 
+from models.bottleneck_order import order_bottlenecks_
+from models.quantizers import SCALE_MODES, fake_quant
+from models.tdnnf import TDNNF, copy_weights_to_bottlenecks
+from search_spaces.genotype import Genotype
+from search_spaces.space import load_search_space
+from supernet.network import SuperNet
+from training import checkpoint as ckpt
+from training.cli import add_debug_flag, run_main
+from training.evaluate import Evaluator
+from training.experiment import load_corpus, load_sections, make_batches
+from training.model_io import load_model_file
+
 log = logging.getLogger("diagnose_search")
 
 
 def quant_error(args) -> dict:
-    from quant.quantizers import SCALE_MODES, fake_quant
-    from search_spaces.space import load_search_space
-    from training.model_io import load_model_file
-
     model = load_model_file(args.model)
     space = load_search_space(args.space, num_pdfs=model.cfg.num_pdfs)
     params = model.weight_params(include_xent=False)
@@ -68,12 +76,6 @@ def quant_error(args) -> dict:
 
 def slicing(args) -> dict:
     import copy
-
-    from models.bottleneck_order import order_bottlenecks_
-    from models.tdnnf import TDNNF, copy_weights_to_bottlenecks
-    from training.evaluate import Evaluator
-    from training.experiment import load_corpus, load_sections
-    from training.model_io import load_model_file
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     corpus = load_corpus(args.data_dir)
@@ -166,13 +168,6 @@ def kendall_tau(a, b) -> float:
 
 
 def oneshot(args) -> dict:
-    from search_spaces.genotype import Genotype
-    from search_spaces.space import load_search_space
-    from supernet.network import SuperNet
-    from training import checkpoint as ckpt
-    from training.evaluate import Evaluator
-    from training.experiment import load_corpus, load_sections, make_batches
-
     corpus = load_corpus(args.data_dir)
     cfg = load_sections(args.config, ("train", "lfmmi", "quant", "search")) if args.config else {}
     ev = Evaluator(corpus, cfg.get("lfmmi"))
@@ -225,8 +220,6 @@ def oneshot(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from training.cli import add_debug_flag
-
     add_debug_flag(p)  # before the sub-command: diagnose_search.py --debug slicing ...
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quant-error", help="relative weight error per bit-width")
@@ -258,6 +251,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from training.cli import run_main
-
     sys.exit(run_main(main))

@@ -32,8 +32,16 @@ import sys
 import time
 from pathlib import Path
 
-from models.bottleneck_order import ORDER_METHODS
-from training.cli import add_debug_flag, number
+from models.bottleneck_order import ORDER_METHODS, order_bottlenecks_
+from quant.cost_model import fp32_bytes
+from search_spaces.space import load_search_space
+from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, layer_sizes, normalise_table,
+                                  pareto_frontier)
+from sensitivity.hessian import hessian_sensitivity, lfmmi_closures
+from sensitivity.kl import kl_sensitivity
+from training.cli import add_debug_flag, number, run_main
+from training.experiment import load_corpus, make_batches, make_lfmmi
+from training.model_io import load_model_file
 
 log = logging.getLogger("mixed_precision")
 
@@ -115,10 +123,6 @@ def measure(args, model, space):
     """-> (sensitivity dict, extra info for the JSON)."""
     import torch
 
-    from sensitivity.hessian import hessian_sensitivity, lfmmi_closures
-    from sensitivity.kl import kl_sensitivity
-    from training.experiment import load_corpus, make_batches, make_lfmmi
-
     corpus = load_corpus(args.data_dir)
     if corpus.num_pdfs != model.cfg.num_pdfs:
         raise SystemExit(f"model has {model.cfg.num_pdfs} pdfs, corpus {args.data_dir} has {corpus.num_pdfs}")
@@ -174,13 +178,6 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
-
-    from quant.cost_model import fp32_bytes
-    from search_spaces.space import load_search_space
-    from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, layer_sizes, normalise_table,
-                                      pareto_frontier)
-    from models.bottleneck_order import order_bottlenecks_
-    from training.model_io import load_model_file
 
     torch.manual_seed(args.seed)
     model = load_model_file(args.model, device="cpu")
@@ -256,6 +253,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from training.cli import run_main
-
     sys.exit(run_main(main))

@@ -29,7 +29,16 @@ import os
 import sys
 import time
 
-import decode
+from decoding.cli import (add_graph_args, add_model_run_args, build_graph, feature_extractor, lexicon_for_model,
+                          load_lexicon, load_model_and_cmvn)
+from decoding.decoder import DecoderConfig, compute_outputs, cut_references
+from decoding.lm import NgramModel
+from decoding.nbest import nbest_outputs
+from decoding.significance import compare_systems
+from decoding.wer import write_results
+
+# lm.rescore and training.data (and through them torch) are imported inside main(): importing torch takes
+# seconds, and --help and argument errors do not need it.
 
 log = logging.getLogger("rescore")
 
@@ -54,8 +63,8 @@ def parse_args(argv=None):
     ap.add_argument("--lm-weights", default="0.5,0.7,0.85,1.0,1.2,1.5,2.0", help="grid, comma list")
     ap.add_argument("--alphas", default="0,0.25,0.5,0.75,1.0", help="grid of Transformer LM weights in [0, 1]")
     ap.add_argument("--lm-batch-size", type=int, default=64)
-    decode.add_graph_args(ap)
-    decode.add_model_run_args(ap)
+    add_graph_args(ap)
+    add_model_run_args(ap)
     args = ap.parse_args(argv)
     if args.nbest < 1:
         ap.error("--nbest must be >= 1")
@@ -73,11 +82,6 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from decoding.decoder import DecoderConfig, compute_outputs, cut_references
-    from decoding.lm import NgramModel
-    from decoding.nbest import nbest_outputs
-    from decoding.significance import compare_systems
-    from decoding.wer import write_results
     from lm.rescore import counts, first_pass, grid_search, load_rescoring_lm, oracle, rescore, score_nbest, \
         write_nbest_jsonl
     from training.data import load_cuts
@@ -86,11 +90,11 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     # the LM first: a vocabulary mismatch fails before any decoding
     lm_model, lm_vocab = load_rescoring_lm(args.lm, args.lm_vocab, args.device)
-    model, cmvn = decode.load_model_and_cmvn(args.model, args.data_dir, args.device)
-    graph = decode.build_graph(args, decode.lexicon_for_model(decode.load_lexicon(args), model)[0])
+    model, cmvn = load_model_and_cmvn(args.model, args.data_dir, args.device)
+    graph = build_graph(args, lexicon_for_model(load_lexicon(args), model)[0])
     arpa = os.path.join(graph.directory, "G.arpa")
     ngram = NgramModel.load_arpa(arpa)
-    feat_ex = decode.feature_extractor(args.num_mel_bins)
+    feat_ex = feature_extractor(args.num_mel_bins)
     cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
                         lattice=True)
     progress = not args.no_progress

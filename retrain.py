@@ -25,9 +25,19 @@ import time
 import numpy as np
 
 from models.bottleneck_order import ORDER_METHODS
-from training.cli import add_debug_flag, number
+from models.tdnnf import build_model
+from quant.admm import ADMMQuantizer
+from quant.cost_model import fp32_bytes, model_size
+from quant.packing import export_packed
+from search_spaces.genotype import Genotype
+from training import distributed
+from training.checkpoint import has_checkpoint
+from training.cli import add_debug_flag, number, run_main
 from training.distill import DistillHook, DistillOptions
+from training.experiment import config_section, load_sections, make_batches, make_lfmmi, start_run
 from training.loop import TrainHook, TrainOptions, Trainer
+from training.model_io import init_from, load_model_file, model_metadata, save_model_file
+from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash, genotype_hash
 
 log = logging.getLogger("retrain")
 
@@ -43,8 +53,6 @@ class ADMMHook(TrainHook):
         self._pending = None
 
     def on_fit_start(self, trainer):
-        from quant.admm import ADMMQuantizer
-
         if self.admm is None:
             self.admm = ADMMQuantizer(trainer.raw_model, rho=self.rho)
             if self._pending is not None:
@@ -74,8 +82,6 @@ class ADMMHook(TrainHook):
 
 
 def load_config(path):
-    from training.experiment import load_sections
-
     return load_sections(path, ("train", "lfmmi", "quant", "distill"))
 
 
@@ -131,16 +137,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from models.tdnnf import build_model
-    from quant.cost_model import fp32_bytes, model_size
-    from quant.packing import export_packed
-    from search_spaces.genotype import Genotype
-    from training import distributed
-    from training.experiment import config_section, make_batches, make_lfmmi, start_run
-    from training.checkpoint import has_checkpoint
-    from training.model_io import init_from, load_model_file, model_metadata, save_model_file
-    from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash, genotype_hash
-
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
     if args.seed is not None:
@@ -226,6 +222,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from training.cli import run_main
-
     sys.exit(run_main(main))

@@ -24,6 +24,9 @@ import logging
 import math
 import sys
 
+# lm.score and lm.vocab are imported inside main(): lm.score brings torch, seconds to import, which --help
+# and argument errors do not need.
+
 log = logging.getLogger("score_lm")
 
 

@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+# The project modules (lm.*, training.experiment, decoding.graph) are imported inside the functions: lm.*
+# and training.* bring torch, seconds to import, which --help and argument errors do not need.
+
 log = logging.getLogger("train_lm")
 
 SECTIONS = ("model", "train")

@@ -26,10 +26,20 @@ import logging
 import sys
 from pathlib import Path
 
-
 from models.bottleneck_order import ORDER_METHODS
-from training.cli import add_debug_flag, number
+from nas import Architect, RampSchedule, SizePenalty, TemperatureSchedule
+from nas.derive import SIZE_CHART_LAYOUT, derive_genotype, derive_genotype_within_budget
+from nas.hooks import ArchSearchHook
+from quant.cost_model import fp32_bytes
+from supernet.network import SuperNet
+from training import distributed
+from training.checkpoint import has_checkpoint
+from training.cli import add_debug_flag, number, run_main
+from training.distill import DistillHook, DistillOptions
+from training.experiment import config_section, load_sections, make_batches, make_lfmmi, split_train, start_run
 from training.loop import TrainOptions, Trainer
+from training.model_io import init_from, load_model_file
+from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash
 
 log = logging.getLogger("train_search")
 
@@ -43,9 +53,6 @@ SEARCH_DEFAULTS = {
 
 def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes,
                      derivation="argmax", entropy_schedule=None, arch_extra_losses=()):
-    from nas.derive import SIZE_CHART_LAYOUT, derive_genotype, derive_genotype_within_budget
-    from nas.hooks import ArchSearchHook
-
     class _Hook(ArchSearchHook):
         def write_genotype(self, trainer, epoch: int):
             arch = self.architect.arch
@@ -108,8 +115,6 @@ def write_arch_probs(arch, path: Path, source: dict) -> None:
 
 
 def load_config(path):
-    from training.experiment import load_sections
-
     return load_sections(path, ("train", "lfmmi", "search", "distill"))
 
 
@@ -169,16 +174,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from nas import Architect, RampSchedule, SizePenalty, TemperatureSchedule
-    from quant.cost_model import fp32_bytes
-    from supernet.network import SuperNet
-    from training import distributed
-    from training.experiment import config_section, make_batches, make_lfmmi, start_run, split_train
-    from training.distill import DistillHook, DistillOptions
-    from training.checkpoint import has_checkpoint
-    from training.model_io import init_from, load_model_file
-    from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash
-
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
     sopts = config_section(args.config, search_options, cfg.get("search"))
@@ -258,6 +253,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from training.cli import run_main
-
     sys.exit(run_main(main))

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     import numpy as np
     from lhotse import load_manifest
 
-    from decode import lexicon_for_model
+    from decoding.cli import lexicon_for_model
     from lang.lexicon import Lexicon
     from training.checkpoint import load_acoustic_model
     from training.experiment import load_corpus

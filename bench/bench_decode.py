@@ -20,6 +20,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from decoding.decoder import DecoderConfig, decode_matrix  # noqa: E402
+from decoding.graph import get_graph  # noqa: E402
+from decoding.lm import estimate  # noqa: E402
+from lang.lexicon import Lexicon, cmudict_prons  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -32,10 +37,6 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lattice", action="store_true", help="time LatticeSimpleDecoder too")
     a = ap.parse_args()
-
-    from decoding.decoder import DecoderConfig, decode_matrix
-    from decoding.graph import get_graph
-    from lang.lexicon import Lexicon, cmudict_prons
 
     rng = np.random.default_rng(a.seed)
     prons = cmudict_prons()
@@ -52,8 +53,6 @@ def main():
         with open(os.path.join(tmp, "text"), "w") as f:
             f.write("\n".join(" ".join(s) for s in sents) + "\n")
         t0 = time.time()
-        from decoding.lm import estimate
-
         lm = estimate(sents, a.order, a.method, vocab=words)
         res["lm_seconds"] = round(time.time() - t0, 2)
         res["ngrams"] = [len(x) for x in lm.probs]

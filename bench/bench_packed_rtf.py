@@ -19,13 +19,16 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import torch  # noqa: E402
+
+from decoding.decoder import DecoderConfig, compute_outputs, decode_outputs  # noqa: E402
+from decoding.graph import default_lm_text, get_graph  # noqa: E402
+from lang.lexicon import Lexicon  # noqa: E402
+from training.checkpoint import load_acoustic_model  # noqa: E402
+from training.data import load_cuts  # noqa: E402
+
 
 def measure(path, cuts, graph, repeats, device):
-    import torch
-
-    from decoding.decoder import DecoderConfig, compute_outputs, decode_outputs
-    from training.checkpoint import load_acoustic_model
-
     t = time.perf_counter()
     model = load_acoustic_model(path, device)
     load_s = time.perf_counter() - t
@@ -58,10 +61,6 @@ def main():
     ap.add_argument("--graph-cache", default="exp/graphs")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-
-    from decoding.graph import default_lm_text, get_graph
-    from lang.lexicon import Lexicon
-    from training.data import load_cuts
 
     cuts = load_cuts(args.data_dir, args.split).subset(first=args.num_cuts).to_eager()
     audio = sum(c.duration for c in cuts)

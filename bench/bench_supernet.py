@@ -38,6 +38,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from lfmmi.graphs import DictLexicon, NumeratorCompiler, build_den_graph  # noqa: E402
+from lfmmi.loss import LFMMILoss, LFMMIOptions  # noqa: E402
 from models.tdnnf import TDNNF  # noqa: E402
 from search_spaces import load_search_space  # noqa: E402
 from supernet import SuperNet  # noqa: E402
@@ -49,9 +51,6 @@ def simple_loss(chain, xent, out_lengths, targets):
 
 def make_lfmmi(B, T_in, seed):
     """LF-MMI loss and numerator graphs from tests/fixtures/lfmmi (lengths fit the transcripts)."""
-    from lfmmi.graphs import DictLexicon, NumeratorCompiler, build_den_graph
-    from lfmmi.loss import LFMMILoss, LFMMIOptions
-
     fix = os.path.join(ROOT, "tests", "fixtures", "lfmmi")
     lex = DictLexicon.load(os.path.join(fix, "lexicon.txt"))
     with open(os.path.join(fix, "text.txt")) as f:

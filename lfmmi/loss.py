@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from .fsa import Fsa
+from .k2_backend import den_log_z_k2, k2_available, num_log_z_k2  # k2 itself is imported only when called
 from .torch_backend import OUTPUT_LIMIT, NumBatch, NumeratorFunction, den_forward_backward
 
 __all__ = ["LFMMIOptions", "LFMMILoss"]
@@ -69,8 +70,6 @@ class LFMMILoss(torch.nn.Module):
         if opts.backend not in ("torch", "k2"):
             raise ValueError(f"backend must be 'torch' or 'k2', not {opts.backend!r}")
         if opts.backend == "k2":
-            from .k2_backend import k2_available
-
             if not k2_available():
                 raise ImportError("LFMMILoss(backend='k2') needs k2 (pip install k2); use backend='torch'")
             if opts.leaky_hmm_coefficient != 0:
@@ -84,8 +83,6 @@ class LFMMILoss(torch.nn.Module):
     def _num(self, y: torch.Tensor, lengths: torch.Tensor, num_graphs: Sequence[Fsa]
              ) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.opts.backend == "k2":
-            from .k2_backend import num_log_z_k2
-
             yd = y.detach().requires_grad_(True)
             with torch.enable_grad():
                 lz = num_log_z_k2(yd, lengths, num_graphs, self.opts.k2_output_beam)
@@ -99,8 +96,6 @@ class LFMMILoss(torch.nn.Module):
     def _den(self, y: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns differentiable log Z_den (B,) and per-sequence invariant flags (B,) bool."""
         if self.opts.backend == "k2":
-            from .k2_backend import den_log_z_k2
-
             lz = den_log_z_k2(y, lengths, self.den_graph, self.opts.k2_output_beam)
             return lz, torch.ones_like(lz, dtype=torch.bool)
         need_grad = y.requires_grad and torch.is_grad_enabled()

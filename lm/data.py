@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lm.vocab import Vocab
+from training.data import load_cuts
 
 
 def read_sentences(path) -> List[List[str]]:
@@ -40,8 +41,6 @@ def read_sentences(path) -> List[List[str]]:
 
 def split_transcripts(data_dir, split: str) -> List[List[str]]:
     """Transcripts (``supervisions[0].text``) of ``cuts_<split>.jsonl.gz`` in a prepared corpus."""
-    from training.data import load_cuts
-
     sents = []
     for cut in load_cuts(data_dir, split):
         if len(cut.supervisions) != 1:

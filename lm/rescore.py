@@ -27,6 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from decoding.wer import align_utterance
+from lm.score import load_lm, sentence_logprobs
+from lm.vocab import Vocab
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_LM_WEIGHTS = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0)
@@ -71,9 +75,6 @@ def load_rescoring_lm(path, vocab_path=None, device: str = "cpu"):
 
     The vocabulary file ``vocab_path`` (default: ``vocab.txt`` beside the model, when present) must be
     the model's own; another one is refused with a ``ValueError`` naming the first difference."""
-    from lm.score import load_lm
-    from lm.vocab import Vocab
-
     p = Path(path)
     if vocab_path is None and (p.parent / "vocab.txt").is_file():
         vocab_path = p.parent / "vocab.txt"
@@ -97,8 +98,6 @@ def ngram_costs(ngram_model, sentences: Sequence[Sequence[str]]) -> List[float]:
 def nnlm_costs(model, vocab, sentences: Sequence[Sequence[str]], batch_size: int = 64
                ) -> Tuple[List[float], List[int]]:
     """(``-ln P_transformer(w <eos>)``, number of words scored as ``<unk>``) per sentence; batched."""
-    from lm.score import sentence_logprobs
-
     if not sentences:
         return [], []
     logp, _tokens, oov = sentence_logprobs(model, vocab, sentences, batch_size)
@@ -151,8 +150,6 @@ def counts(nbest: Mapping[str, Sequence[ScoredHypothesis]]) -> Dict[str, int]:
 def oracle(nbest: Mapping[str, Sequence[ScoredHypothesis]], refs: Mapping[str, Sequence[str]]
            ) -> Dict[str, List[str]]:
     """{utt: the hypothesis with the fewest word errors} (first such in list order)."""
-    from decoding.wer import align_utterance
-
     out = {}
     for u, hyps in nbest.items():
         if not hyps:
@@ -190,8 +187,6 @@ def grid_search(nbest: Mapping[str, Sequence[ScoredHypothesis]], refs: Mapping[s
     whose choice differs from the first-pass 1-best, then smaller ``alpha``, then ``lm_weight``
     closer to 1."""
     import numpy as np
-
-    from decoding.wer import align_utterance
 
     lm_weights, alphas = [float(x) for x in lm_weights], [float(x) for x in alphas]
     if not lm_weights or not alphas:

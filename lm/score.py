@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from lm.data import collate, encode_sentences
 from lm.model import TransformerLM, TransformerLMConfig
 from lm.vocab import Vocab
+from training.safe_io import load, save_atomic
 
 MODEL_FORMAT = "green-asr-lm-v1"
 
@@ -84,8 +85,6 @@ def perplexity(model: TransformerLM, vocab: Vocab, sentences: Sequence[Sequence[
 # ---------------------------------------------------------------------------- model.pt
 def save_lm(model: TransformerLM, vocab: Vocab, path) -> None:
     """Write ``model.pt`` atomically (format in the module docstring)."""
-    from training.checkpoint import save_atomic
-
     if len(vocab) != model.cfg.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} words, the model {model.cfg.vocab_size}")
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -100,8 +99,6 @@ def load_lm(path, device="cpu", vocab: Optional[Vocab] = None) -> Tuple[Transfor
 
     With ``vocab`` given, it must equal the model's vocabulary (ids index the embedding rows): a
     different one is refused with the first difference named."""
-    from training.checkpoint import load
-
     p = Path(path)
     obj = load(p)
     if obj.get("format") != MODEL_FORMAT:

@@ -1,4 +1,5 @@
-"""Acoustic models. ``models.tdnnf``: TDNN-F (Kaldi tdnnf-layer) with per-weight bit-widths."""
+"""Acoustic models. ``models.tdnnf``: TDNN-F (Kaldi tdnnf-layer) with per-weight bit-widths;
+``models.quantizers``: the weight quantizers its forward pass applies; ``models.bottleneck_order``."""
 from models.tdnnf import TDNNF, TDNNFConfig, build_model, layer_groups, tensor_layout, weight_names
 
 __all__ = ["TDNNF", "TDNNFConfig", "build_model", "layer_groups", "tensor_layout", "weight_names"]

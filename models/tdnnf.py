@@ -36,7 +36,7 @@ the running statistics are used and the mask plays no part.
 
 Per-weight bits: ``config.weight_bits`` maps weight names (see :func:`weight_names`) to ``{1,2,4,8,32}``;
 missing names are 32 (float). When ``bits < 32`` the forward uses
-``quant.quantizers.fake_quant(w, bits, config.quant_per_channel, config.quant_scale)`` (STE gradient); the
+``models.quantizers.fake_quant(w, bits, config.quant_per_channel, config.quant_scale)`` (STE gradient); the
 latent float weight is what the optimizer and the semi-orthogonal step update. ``model.quant_enabled = False``
 turns fake quantization off (ADMM training, or a model rebuilt from a packed file whose weights are
 already on the grid).
@@ -59,7 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quant.quantizers import SCALE_MODES, check_bits, fake_quant
+from models.quantizers import SCALE_MODES, check_bits, fake_quant
 
 # --------------------------------------------------------------------------------------------------------
 # Config

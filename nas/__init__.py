@@ -26,14 +26,7 @@ from nas.schedule import RampSchedule, TemperatureSchedule
 from nas.penalty import SizeTable, SizePenalty, PENALTY_KINDS
 from nas.architect import Architect
 from nas.derive import derive_genotype, probability_matrices, render_prob_image, log_arch_tensorboard
-
-
-def __getattr__(name):  # lazy: nas.hooks imports the trainer
-    if name == "ArchSearchHook":
-        from nas.hooks import ArchSearchHook
-
-        return ArchSearchHook
-    raise AttributeError(name)
+from nas.hooks import ArchSearchHook
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 TensorBoard scalars)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 
 from nas.arch_params import ArchParams
 from nas.penalty import SizeTable
+from quant.knapsack import knapsack
+from search_spaces.genotype import Genotype
 
 
 def genotype_dict(arch: ArchParams, space_name: str, expected_size_bytes: Optional[float] = None,
@@ -36,8 +39,6 @@ def derive_genotype(arch: ArchParams, space=None, source: Optional[Dict[str, Any
     it and ``expected_size_bytes`` comes from ``quant.cost_model`` via ``Genotype.from_choices``. Without
     a space, ``table`` (e.g. ``SuperNet.size_table()``) gives the size and ``space_name`` the name.
     """
-    from search_spaces.genotype import Genotype
-
     choices = arch.argmax_choices()
     if space is not None:
         bits = {l.name: int(b) for l, (b, d) in zip(arch.layers, choices)}
@@ -219,14 +220,10 @@ def derive_genotype_within_budget(arch: ArchParams, space, table: SizeTable, bud
 
     Maximises ``sum over layers of log p(bits) + log p(dim)`` under the architecture distribution subject
     to ``size <= budget_bytes`` (sizes from ``table``, i.e. the cost model): a multiple-choice knapsack,
-    solved exactly by :func:`sensitivity.allocate.knapsack` with cost ``-log p``. When the plain argmax
+    solved exactly by :func:`quant.knapsack.knapsack` with cost ``-log p``. When the plain argmax
     fits it is among the candidates, so the result is the argmax unless that is over budget; unlike the
     argmax, it also uses the budget when the search's distribution is spread (argmax far below target).
     """
-    import math
-
-    from sensitivity.allocate import knapsack
-
     with torch.no_grad():
         probs = [(pb.detach().cpu(), pd.detach().cpu()) for pb, pd in arch.probs()]
     cost: Dict[str, Dict[int, float]] = {}
@@ -245,8 +242,6 @@ def derive_genotype_within_budget(arch: ArchParams, space, table: SizeTable, bud
     src = dict(source or {})
     src.update({"derivation": "max-probability within budget", "budget_bytes": float(budget_bytes),
                 "argmax_bytes": table.size(arch.argmax_choices())})
-    from search_spaces.genotype import Genotype
-
     bits = {l.name: b for l, (b, d) in zip(arch.layers, choices)}
     dims = {l.name: int(d) for l, (b, d) in zip(arch.layers, choices) if d is not None}
     return Genotype.from_choices(space, bits, dims, src)

@@ -28,16 +28,12 @@ from nas.architect import Architect
 from nas.derive import derive_genotype, log_arch_tensorboard
 from nas.penalty import SizeTable
 from nas.schedule import TemperatureSchedule
+from training.loop import TrainHook
 
 log = logging.getLogger(__name__)
 
-try:  # the hook is a TrainHook when the trainer is importable
-    from training.loop import TrainHook as _Base
-except Exception:  # pragma: no cover
-    _Base = object
 
-
-class ArchSearchHook(_Base):
+class ArchSearchHook(TrainHook):
     name = "arch_search"
 
     def __init__(self, architect: Architect, schedule: Optional[TemperatureSchedule] = None,

@@ -29,7 +29,9 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from models.tdnnf import layer_groups
 from nas.arch_params import ArchParams, LayerChoices, Weights
+from quant import cost_model
 
 PENALTY_KINDS = ("linear", "log", "hinge", "band")
 PENALTY_SOURCES = ("probs", "sample", "argmax")
@@ -154,8 +156,6 @@ def size_table_from_cost_model(cfg, layers: Sequence[LayerChoices]) -> SizeTable
     """Adapter to ``quant.cost_model.size_table`` (bytes of each genotype layer at each (bits, bottleneck);
     layers without a bottleneck are keyed by dim 0 there). Every stored tensor belongs to a genotype layer,
     so the constant part is 0 (the xent branch is training-only and not counted, as in the cost model)."""
-    from quant import cost_model
-
     missing = {g for g, _, _ in _groups(cfg)} - {l.name for l in layers}
     const = 0.0
     for g in missing:  # a layer the caller does not list: counted at the config's own bits/bottleneck
@@ -166,6 +166,4 @@ def size_table_from_cost_model(cfg, layers: Sequence[LayerChoices]) -> SizeTable
 
 
 def _groups(cfg):
-    from models.tdnnf import layer_groups
-
     return layer_groups(cfg)

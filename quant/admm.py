@@ -29,7 +29,7 @@ from typing import Dict, Optional
 
 import torch
 
-from quant.quantizers import fake_quant
+from models.quantizers import fake_quant
 
 
 def _unwrap(model):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from models.tdnnf import TDNNFConfig, TensorInfo, layer_groups, tensor_layout
-from quant.quantizers import check_bits
+from models.quantizers import check_bits
 
 FLOAT_BYTES = 4       # float32 weights (bits=32), biases, BN stats
 SCALE_BYTES = 2       # float16 quantization scales

@@ -30,7 +30,7 @@ import torch
 
 from models.tdnnf import TDNNF, TDNNFConfig, tensor_layout, weight_names
 from quant.cost_model import model_size, stored_tensors
-from quant.quantizers import check_bits, dequantize, qmax_for, quantize_to_codes
+from models.quantizers import check_bits, dequantize, qmax_for, quantize_to_codes
 
 FORMAT = "green-asr-tdnnf-packed"
 FORMAT_VERSION = "1"

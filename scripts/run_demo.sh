@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# The main command (README): set up, build the embedded demo corpus, then run the experiment
-# (fp32 baseline -> architecture search -> QAT retrain -> packed export -> decode -> results table).
+# The main command (README): set up, build the embedded demo corpus (with the telephone-channel
+# augmentation of configs/corpus_telephone.yaml) and the real-speech check set (the Asterisk prompts,
+# fetched from Debian's registry), then run the experiment (fp32 baseline -> architecture search ->
+# QAT retrain -> packed export -> decode on the synthetic dev/test and the real-speech set -> table).
 #   bash scripts/run_demo.sh                      # configs/demo.yaml
-#   CONFIG=configs/paper_demo.yaml bash scripts/run_demo.sh   # the full comparison (longer)
+#   CONFIG=configs/paper_demo.yaml DATA=data/synth_demo AUGMENT= bash scripts/run_demo.sh   # the paper comparison
 # Rerunning continues where a killed run stopped (finished stages are not redone).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CONFIG="${CONFIG:-configs/demo.yaml}"
-DATA="${DATA:-data/synth_demo}"
+DATA="${DATA:-data/synth_tel}"
+AUGMENT="${AUGMENT-configs/corpus_telephone.yaml}"
+REAL="${REAL:-data/real_asterisk}"
 DEVICE="${DEVICE:-cpu}"
 bash scripts/setup.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 T0=$(date +%s)
 if [ ! -f "$DATA/summary.json" ]; then
-  .venv/bin/python prepare_data.py --corpus synth --size demo --out "$DATA" --seed 0
+  .venv/bin/python prepare_data.py --corpus synth --size demo --out "$DATA" --seed 0 \
+    ${AUGMENT:+--augment-config "$AUGMENT"}
+fi
+if [ ! -f "$REAL/summary.json" ]; then
+  .venv/bin/python prepare_data.py --corpus asterisk --out "$REAL" --oov skip
 fi
 .venv/bin/python run_experiments.py --config "$CONFIG" --device "$DEVICE"
 echo "[run_demo] finished in $(( $(date +%s) - T0 )) s; table: $(.venv/bin/python -c "import yaml,sys; c=yaml.safe_load(open('$CONFIG')); print(c.get('out','exp/'+'$CONFIG'.split('/')[-1].rsplit('.',1)[0]))")/results.md"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from models.tdnnf import TDNNFConfig
+from quant.cost_model import model_size
 from search_spaces.space import SearchSpace
 
 GENOTYPE_VERSION = 1
@@ -159,14 +160,10 @@ class Genotype:
         return cfg
 
     def size_bytes(self, space: SearchSpace) -> int:
-        from quant.cost_model import model_size
-
         return model_size(self.to_config(space)).total_bytes
 
     def summary(self, space: SearchSpace) -> str:
         """A small table: layer, bits, bottleneck, bytes; then total, fp32 bytes and compression ratio."""
-        from quant.cost_model import model_size
-
         rep = model_size(self.to_config(space))
         lines = [f"{'layer':<10} {'bits':>4} {'bneck':>5} {'bytes':>12}"]
         for l in self.layers:

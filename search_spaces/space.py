@@ -24,8 +24,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from models.quantizers import SUPPORTED_BITS
 from models.tdnnf import ConfigError, TDNNFConfig, layer_groups
-from quant.quantizers import SUPPORTED_BITS
+from quant import cost_model
 
 SPACES_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,11 +78,9 @@ class SearchSpace:
 
     def size_table(self) -> Dict[str, Dict[int, Dict[int, float]]]:
         """cost_model.size_table for every choice: ``table[layer][bits][dim]`` bytes (dim 0 = n/a)."""
-        from quant.cost_model import size_table
-
         if self.network.num_pdfs is None:
             raise SearchSpaceError(f"{self.name}: network.num_pdfs is not set (use with_num_pdfs(n))")
-        return size_table(self.network, {l.name: (l.bits, l.bottlenecks) for l in self.layers})
+        return cost_model.size_table(self.network, {l.name: (l.bits, l.bottlenecks) for l in self.layers})
 
 
 def _int_list(v, where: str) -> List[int]:

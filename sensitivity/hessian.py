@@ -6,7 +6,7 @@ For genotype layer ``l`` with weights ``W_l`` (all the weight matrices sharing i
     Omega(l, b) = Tr(H_l) / n_l * ||Q_b(W_l) - W_l||^2                (HAWQ-V2)
 
 where ``H_ll`` is the diagonal block of the loss Hessian for ``W_l`` and ``Q_b`` the model's quantizer
-(``quant.quantizers.fake_quant`` with the model's per-channel / scale settings); ``Omega(l, 32) = 0``.
+(``models.quantizers.fake_quant`` with the model's per-channel / scale settings); ``Omega(l, 32) = 0``.
 
 One Rademacher vector ``v`` is drawn over *all* layers at once and one Hessian-vector product gives every
 layer's ``v_l^T (H v)_l`` (as PyHessian / HAWQ-V2 do): the cross terms ``v_l^T H_lk v_k`` (k != l) have zero
@@ -58,6 +58,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from models.quantizers import fake_quant
 from sensitivity.kl import layer_specs
 
 LossClosure = Callable[[], torch.Tensor]
@@ -317,8 +318,6 @@ def hutchinson_trace(losses: Union[LossClosure, Sequence[LossClosure]], groups: 
 
 def quantization_error(w: torch.Tensor, bits: int, per_channel: bool = True, scale: str = "maxabs") -> float:
     """``||Q_b(W) - W||^2`` with the shared quantizer (0 for 32 bits)."""
-    from quant.quantizers import fake_quant
-
     if int(bits) == 32:
         return 0.0
     with torch.no_grad():

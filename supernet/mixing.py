@@ -1,7 +1,7 @@
 """Composite (mixed) weights: one matmul per layer whatever the number of candidates.
 
 Bit-widths (EdMIPS "composite weight"): one latent float weight W, candidate b uses ``Q_b(W)`` =
-``quant.quantizers.fake_quant(W, b, ...)``; the layer uses ``W_mix = sum_b w_b Q_b(W)``.
+``models.quantizers.fake_quant(W, b, ...)``; the layer uses ``W_mix = sum_b w_b Q_b(W)``.
 
 Bottleneck ranks (nested): the max-rank factor pair (linear ``L``: (r_max, k*D_in), affine ``A``:
 (D, k*r_max), Kaldi column layout offset-major) is shared; candidate d uses the first d rows of ``L`` and
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from models.tdnnf import slice_cols  # the affine factor's layout lives with the model
-from quant.quantizers import fake_quant
+from models.quantizers import fake_quant
 
 Flags = Optional[Sequence[bool]]
 

@@ -25,7 +25,9 @@ import torch
 
 from models.tdnnf import TDNNF, TDNNFConfig, copy_weights_to_bottlenecks, layer_groups
 from nas.arch_params import ArchParams, LayerChoices
-from nas.penalty import SizeTable
+from nas.derive import derive_genotype
+from nas.penalty import SizeTable, size_table_from_cost_model
+from search_spaces.genotype import Genotype, LayerChoice
 from supernet.mixing import mix_bits, mix_rank_cols, mix_rank_rows
 
 Choice = Tuple[int, Optional[int]]
@@ -154,8 +156,6 @@ class SuperNet(TDNNF):
     def size_table(self) -> SizeTable:
         """Bytes per (layer, bits, bottleneck) from ``quant.cost_model`` (every stored tensor belongs to a
         genotype layer, so ``const_bytes`` is 0)."""
-        from nas.penalty import size_table_from_cost_model
-
         if self._table is None:
             self._table = size_table_from_cost_model(self.base_cfg, self.choices)
         return self._table
@@ -167,8 +167,6 @@ class SuperNet(TDNNF):
 
     def genotype(self, source: Optional[dict] = None):
         """The argmax ``search_spaces.Genotype`` (needs a model built by :meth:`from_space`)."""
-        from nas.derive import derive_genotype
-
         if self.space is None:
             return derive_genotype(self.arch, table=self.size_table(), source=source)
         return derive_genotype(self.arch, self.space, source=source)
@@ -223,8 +221,6 @@ class SuperNet(TDNNF):
         ``Genotype.to_config`` when built from a space, else :func:`genotype_config`."""
         choices = self._as_choices(choices)
         if self.space is not None:
-            from search_spaces.genotype import Genotype, LayerChoice
-
             g = Genotype(self.space.name, [LayerChoice(l.name, b, d) for l, (b, d) in zip(self.choices, choices)])
             return g.to_config(self.space)
         return genotype_config(self.base_cfg, self.choices, choices)

@@ -2,6 +2,8 @@
 
 - :func:`save_atomic` writes to a temporary file in the same directory, fsyncs it and renames it over
   the target, so a killed job leaves either the old or the new checkpoint, never a torn one.
+  (:func:`save_atomic`, :func:`load` and :func:`check_finite` are defined in ``training.safe_io``, which
+  ``training.model_io`` uses too; they are re-exported here.)
 - :func:`save_rotating` does the same and first moves the previous checkpoint to ``<name>.prev.pt``
   (by a hard link and a rename: at every moment both files are complete); :func:`load_latest` falls
   back to that previous one, with a warning, when the latest is missing or unreadable.
@@ -17,31 +19,19 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import torch
 
+from training.model_io import load_model_file
+from training.safe_io import NonFiniteTensorError, check_finite, load, nonfinite_tensors, save_atomic
+
+__all__ = ["NonFiniteTensorError", "check_finite", "has_checkpoint", "load", "load_acoustic_model", "load_latest",
+           "nonfinite_tensors", "previous_path", "rng_state", "save_atomic", "save_rotating", "set_rng_state"]
+
 log = logging.getLogger(__name__)
-
-
-def save_atomic(obj: Dict[str, Any], path) -> None:
-    """torch.save ``obj`` to ``path`` atomically (tmp file + fsync + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def previous_path(path) -> Path:
@@ -82,37 +72,6 @@ def load_latest(path, map_location="cpu"):
             raise
         log.warning("%s; falling back to the previous checkpoint %s", e, prev)
         return load(prev, map_location), prev
-
-
-class NonFiniteTensorError(ValueError):
-    """A model about to be written holds NaN or infinite values."""
-
-
-def nonfinite_tensors(tensors: Dict[str, Any]) -> list:
-    """Names of the floating-point tensors in ``tensors`` (e.g. a state_dict) with a NaN or inf value."""
-    return [k for k, t in tensors.items()
-            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
-
-
-def check_finite(tensors: Dict[str, Any], what, action: str = "write") -> None:
-    """Raise :class:`NonFiniteTensorError` naming the non-finite tensors of ``tensors``; ``what`` names
-    the file that was about to be written (or read, with ``action="read"``)."""
-    bad = nonfinite_tensors(tensors)
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise NonFiniteTensorError(f"refusing to {action} {what}: non-finite values in tensor(s) "
-                                   f"{', '.join(bad[:5])}{more}")
-
-
-def load(path, map_location="cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic`; never unpickles arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
 
 
 def rng_state() -> Dict[str, Any]:
@@ -157,8 +116,6 @@ def load_acoustic_model(path, device="cpu"):
     Its ``forward(feats, lengths)`` returns ``(chain_out, xent_out, out_lengths)`` (docs/INTERFACES.md);
     it carries ``.cmvn`` (a :class:`training.data.Cmvn` or None) when the file records one.
     """
-    from training.model_io import load_model_file
-
     model = load_model_file(path, device=device)
     model.eval()
     return model

@@ -14,6 +14,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from lang.lexicon import Lexicon
+from lfmmi import LFMMILoss, LFMMIOptions, NumeratorCompiler, build_den_graph
+from search_spaces.space import load_search_space
+from training import distributed
 from training.data import Cmvn, ResumableBatches, load_cuts, make_sampler
 
 log = logging.getLogger(__name__)
@@ -66,9 +70,6 @@ def start_run(device: str, seed: int, out_dir, data_dir, space_name):
     import numpy as np
     import torch
 
-    from search_spaces.space import load_search_space
-    from training import distributed
-
     dinfo = distributed.setup(device)
     dev = distributed.local_device(device, dinfo)
     random.seed(seed)
@@ -81,8 +82,6 @@ def start_run(device: str, seed: int, out_dir, data_dir, space_name):
 
 
 def load_corpus(data_dir) -> Corpus:
-    from lang.lexicon import Lexicon
-
     d = Path(data_dir)
     for rel in ("lang/lexicon.txt", "cmvn.json", "lm_train_text.txt"):
         if not (d / rel).is_file():
@@ -94,8 +93,6 @@ def load_corpus(data_dir) -> Corpus:
 
 def lfmmi_options(d: Optional[Dict[str, Any]]):
     """Split a YAML ``lfmmi:`` section into (LFMMIOptions, graph options)."""
-    from lfmmi import LFMMIOptions
-
     d = dict(d or {})
     graph = {"den_order": int(d.pop("den_order", 3)), "sil_prob": float(d.pop("sil_prob", 0.5))}
     known = {f.name for f in fields(LFMMIOptions)}
@@ -107,8 +104,6 @@ def lfmmi_options(d: Optional[Dict[str, Any]]):
 
 def make_lfmmi(corpus: Corpus, lfmmi_cfg: Optional[Dict[str, Any]] = None):
     """-> (loss_fn, numerator compiler, den graph)."""
-    from lfmmi import LFMMILoss, NumeratorCompiler, build_den_graph
-
     opts, g = lfmmi_options(lfmmi_cfg)
     den = build_den_graph(corpus.lexicon, corpus.train_text, order=g["den_order"], sil_prob=g["sil_prob"])
     log.info("den graph: %d states, %d arcs (phone %d-gram)", den.num_states, den.num_arcs, g["den_order"])

@@ -14,8 +14,10 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-
-from training import checkpoint as ckpt
+from models.bottleneck_order import order_bottlenecks_
+from models.tdnnf import TDNNFConfig, build_model, copy_weights_to_bottlenecks
+from quant.packing import load_packed, read_header
+from training import safe_io
 from training.data import Cmvn
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ def check_phones(model, phones: Optional[Sequence[str]]) -> None:
 def save_model_file(model, path, cmvn: Optional[Cmvn] = None, phones: Optional[Sequence[str]] = None) -> None:
     """Write ``model`` (weights, config, CMVN, phone list) to ``path`` atomically; refuses a non-finite
     tensor."""
-    ckpt.check_finite(model.state_dict(), path)
+    safe_io.check_finite(model.state_dict(), path)
     check_phones(model, phones)
     obj = {"config": model.cfg.to_json(), "state_dict": model.state_dict(), "format": "green-asr-model-v1"}
     if cmvn is not None:
@@ -41,7 +43,7 @@ def save_model_file(model, path, cmvn: Optional[Cmvn] = None, phones: Optional[S
         obj["cmvn_std"] = cmvn.std.clone()
     if phones is not None:
         obj["phones"] = json.dumps(list(phones))
-    ckpt.save_atomic(obj, path)
+    safe_io.save_atomic(obj, path)
 
 
 def cmvn_metadata(cmvn: Optional[Cmvn]) -> dict:
@@ -59,23 +61,19 @@ def model_metadata(cmvn: Optional[Cmvn], phones: Optional[Sequence[str]] = None)
 
 
 def load_model_file(path, device="cpu"):
-    from models.tdnnf import TDNNFConfig, build_model
-
     p = Path(path)
     if p.suffix == ".safetensors":
-        from quant.packing import load_packed, read_header
-
         model = load_packed(str(p), device=str(device))
         meta = read_header(str(p)).get("__metadata__", {})
         model.cmvn = Cmvn(**json.loads(meta["cmvn"])) if "cmvn" in meta else None
         model.phones = json.loads(meta["phones"]) if "phones" in meta else None
         check_phones(model, model.phones)
         return model
-    obj = ckpt.load(p, map_location="cpu")
+    obj = safe_io.load(p, map_location="cpu")
     if not isinstance(obj, dict) or obj.get("format") != "green-asr-model-v1":
         fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{p} is not a model file written by retrain.py (format={fmt!r})")
-    ckpt.check_finite(obj["state_dict"], p, action="read")
+    safe_io.check_finite(obj["state_dict"], p, action="read")
     cfg = TDNNFConfig.from_dict(json.loads(obj["config"]))
     model = build_model(cfg)
     try:
@@ -95,9 +93,6 @@ def init_from(model, path, order: str = "pca") -> None:
     function-preserving rotation or permutation; ``order="none"`` skips it), then a smaller bottleneck
     keeps the first units (``models.tdnnf.copy_weights_to_bottlenecks``): a low-rank network starts from
     the best rank-d part of each layer instead of an arbitrary half of its units."""
-    from models.bottleneck_order import order_bottlenecks_
-    from models.tdnnf import copy_weights_to_bottlenecks
-
     src = load_model_file(path)
     order_bottlenecks_(src, order)
     try:
