@@ -45,15 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def score_utterances(model, cuts, lexicon, train_corpus, device="cpu", texts=None):
-    """``[(cut id, frames, objf per frame)]`` for ``cuts`` (one forward per utterance); ``texts`` replaces
-    the transcripts (same order) when given.  Utterances the loss cannot score get ``nan``."""
+def score_utterances(model, cuts, lexicon, train_corpus, loss_fn, device="cpu", texts=None):
+    """``[(cut id, frames, objf per frame)]`` for ``cuts`` (one forward per utterance) under ``loss_fn``
+    (an LF-MMI loss over the training corpus's den graph); ``texts`` replaces the transcripts (same
+    order) when given.  Utterances the loss cannot score get ``nan``."""
     import torch
 
     from lfmmi import NumeratorCompiler
-    from training.experiment import make_lfmmi
 
-    loss_fn, _, _ = make_lfmmi(train_corpus, None)
     compiler = NumeratorCompiler(lexicon, sil_prob=0.5)
     cmvn = getattr(model, "cmvn", None) or train_corpus.cmvn
     mean = torch.as_tensor(cmvn.mean, dtype=torch.float32)
@@ -101,11 +100,12 @@ def main(argv=None) -> int:
     from decoding.cli import lexicon_for_model
     from lang.lexicon import Lexicon
     from training.checkpoint import load_acoustic_model
-    from training.experiment import load_corpus
+    from training.experiment import load_corpus, make_lfmmi
 
     t0 = time.time()
     model = load_acoustic_model(args.model, args.device)
     train_corpus = load_corpus(args.train_data_dir)
+    loss_fn, _, _ = make_lfmmi(train_corpus, None)  # default den graph: phone 3-gram of the training text
     lexicon, dropped = lexicon_for_model(Lexicon.load(args.data_dir / "lang" / "lexicon.txt"), model)
     summary = json.loads((args.data_dir / "summary.json").read_text())
     report = {"model": str(args.model), "data_dir": str(args.data_dir), "z_max": args.z_max, "splits": {}}
@@ -115,13 +115,13 @@ def main(argv=None) -> int:
                 if all(w not in dropped for w in c.supervisions[0].text.split())]
         if not cuts:
             continue
-        rows = score_utterances(model, cuts, lexicon, train_corpus, args.device)
+        rows = score_utterances(model, cuts, lexicon, train_corpus, loss_fn, args.device)
         stats, outl = robust_outliers(rows, args.z_max)
         entry = {"utterances": len(rows), **stats, "outliers_total": len(outl), "outliers": outl,
                  "duration_check": summary.get("duration_check", {}).get(split)}
         if args.shuffle_check and len(cuts) > 1:
             texts = [c.supervisions[0].text for c in cuts]
-            wrong = score_utterances(model, cuts, lexicon, train_corpus, args.device, texts[1:] + texts[:1])
+            wrong = score_utterances(model, cuts, lexicon, train_corpus, loss_fn, args.device, texts[1:] + texts[:1])
             w = np.array([r[2] for r in wrong])
             flagged = sum(1 for r in wrong if not np.isfinite(r[2])
                           or (r[2] - stats["median"]) / (1.4826 * stats["mad"]) < -args.z_max)

@@ -151,3 +151,23 @@ def test_transcript_verifier_outlier_rule():
     stats, outl = robust_outliers(rows, 3.5)
     assert [o["utterance"] for o in outl] == ["unscorable", "bad"]
     assert stats["unscored"] == 1 and -0.13 < stats["median"] < -0.11
+
+
+def test_verify_transcripts_cli_writes_a_report(tiny_corpus, small_train_config, tmp_path):
+    """The forced-alignment check end to end on a briefly trained model: every utterance scored, the rotated
+    transcripts scored too, the report written atomically."""
+    from tests.conftest import run_cli
+
+    exp = tmp_path / "m"
+    run_cli(["retrain.py", "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 2,
+             "--out", exp, "--no-progress"])
+    out = tmp_path / "check.json"
+    run_cli(["verify_transcripts.py", "--model", exp / "model.pt", "--data-dir", tiny_corpus,
+             "--train-data-dir", tiny_corpus, "--splits", "dev", "--shuffle-check", "--out", out])
+    r = json.loads(out.read_text())
+    n_dev = json.loads((Path(tiny_corpus) / "summary.json").read_text())["splits"]["dev"]["utterances"]
+    dev = r["splits"]["dev"]
+    assert dev["utterances"] == n_dev and dev["unscored"] == 0 and math.isfinite(dev["median"])
+    assert dev["shuffled"]["utterances"] == n_dev and math.isfinite(dev["shuffled"]["median"])
+    assert dev["duration_check"]["utterances"] == n_dev
+    assert not Path(str(out) + ".tmp").exists()
