@@ -12,6 +12,10 @@ redone; an interrupted stage is continued with ``--resume``. So rerunning the co
 picks up where it stopped. Several runners may work on one experiment at once (each system is
 locked by the runner working on it; ``--only`` gives a runner its own list and order), e.g. to keep
 both cores busy while one of them decodes.
+
+A system of kind ``onnx`` (``onnx_from: <system>``, optional ``onnx_args`` for export_onnx.py) exports
+another system's packed model to ONNX with low-bit kernels and decodes through onnxruntime, so the table
+shows that the deployed file recognises what the packed model does; its bytes are the ONNX file's.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from training.cli import add_debug_flag, run_main
 
 log = logging.getLogger("run_experiments")
 PY = sys.executable
-KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
+KINDS = ("fp32", "uniform", "kl", "hessian", "nas", "onnx")
 TOP_KEYS = {"data_dir", "systems", "space", "splits", "retrain_config", "search_config", "finetune_config",
             "retrain_args", "decode_args", "reference", "search_from_fp32", "finetune_from_fp32",
             "distill_from_fp32", "device", "out", "real_speech"}
@@ -41,7 +45,7 @@ TOP_KEYS = {"data_dir", "systems", "space", "splits", "retrain_config", "search_
 REAL_KEYS = {"data_dir", "split", "lm_text", "decode_args"}
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
-               "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference"}
+               "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference", "onnx_from", "onnx_args"}
 
 
 def load_config(path) -> Dict[str, Any]:
@@ -69,6 +73,8 @@ def load_config(path) -> Dict[str, Any]:
         if s["name"] in names:
             raise ValueError(f"{path}: duplicate system name {s['name']!r}")
         names.add(s["name"])
+        if s["kind"] == "onnx" and s.get("onnx_from") not in names - {s["name"]}:
+            raise ValueError(f"{path}: system {s['name']} (onnx) needs onnx_from naming a system listed before it")
         if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
             raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
         _check_budget(path, s)
@@ -182,7 +188,7 @@ class Runner:
         """Write (or reuse) the system's genotype; None for fp32/uniform."""
         d = self.sys_dir(s["name"])
         g = d / "genotype_in.json"
-        if s["kind"] in ("fp32", "uniform") or g.is_file():
+        if s["kind"] in ("fp32", "uniform", "onnx") or g.is_file():
             return g if g.is_file() else None
         if s.get("genotype_from"):  # the same genotype as another system (e.g. a longer fine-tuning)
             src = self.sys_dir(s["genotype_from"]) / "genotype_in.json"
@@ -238,6 +244,9 @@ class Runner:
         d = self.sys_dir(s["name"])
         if (d / "size.json").is_file():
             return
+        if s["kind"] == "onnx":
+            self.export_onnx(s)
+            return
         cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(d),
                "--device", self.device] + self.progress_args
         rc = self.retrain_config
@@ -261,6 +270,25 @@ class Runner:
         what = "train" if s["kind"] == "fp32" else "fine-tune (QAT) and export"
         run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt", self.console, what)
 
+    def export_onnx(self, s) -> None:
+        """Export ``onnx_from``'s packed model to ``model.onnx``; size.json gives the ONNX file's bytes."""
+        d, src = self.sys_dir(s["name"]), self.sys_dir(s["onnx_from"])
+        if not (src / "size.json").is_file():
+            raise RuntimeError(f"system {s['name']}: onnx_from {s['onnx_from']!r} has no model yet (list that "
+                               f"system first)")
+        d.mkdir(parents=True, exist_ok=True)
+        onnx = d / "model.onnx"
+        run([PY, "export_onnx.py", "--model", str(src / "model.safetensors"), "--out", str(onnx)]
+            + [str(a) for a in s.get("onnx_args", [])], d / "log.txt", self.console, "export ONNX")
+        size = json.load(open(src / "size.json"))
+        nbytes = onnx.stat().st_size
+        (d / "genotype.json").write_text((src / "genotype.json").read_text())
+        tmp = d / "size.json.tmp"
+        tmp.write_text(json.dumps({"format": "onnx", "source": s["onnx_from"], "file_bytes": nbytes,
+                                   "payload_bytes": nbytes, "fp32_bytes": size["fp32_bytes"],
+                                   "packed_file_bytes": size["file_bytes"]}, indent=1))
+        tmp.replace(d / "size.json")
+
     def decode_command(self, name: str) -> List[str]:
         """decode.py's data options for evaluated set ``name`` (a split, or "real")."""
         if name != "real":
@@ -277,8 +305,10 @@ class Runner:
             dd = d / f"decode_{split}"
             if (dd / "wer.json").is_file():
                 continue
-            cmd = [PY, "decode.py", "--model", str(d / "model.safetensors"), "--out", str(dd),
-                   "--device", self.device, "--graph-cache", str(self.out / "graphs")] + self.progress_args
+            onnx = s["kind"] == "onnx"  # onnxruntime's CPU provider
+            cmd = [PY, "decode.py", "--model", str(d / ("model.onnx" if onnx else "model.safetensors")),
+                   "--out", str(dd), "--device", "cpu" if onnx else self.device,
+                   "--graph-cache", str(self.out / "graphs")] + self.progress_args
             run(cmd + self.decode_command(split), d / "log.txt", self.console, f"decode {split}")
 
     # ----------------------------------------------------------------- table
@@ -475,7 +505,7 @@ class Runner:
         return rows
 
     def needs_fp32(self, s) -> bool:
-        if s["kind"] == "fp32":
+        if s["kind"] in ("fp32", "onnx"):
             return False
         if s["kind"] in ("kl", "hessian") or s.get("budget_ratio") is not None:
             return True

@@ -54,9 +54,12 @@ def score_utterances(model, cuts, lexicon, train_corpus, loss_fn, device="cpu", 
     from lfmmi import NumeratorCompiler
 
     compiler = NumeratorCompiler(lexicon, sil_prob=0.5)
-    cmvn = getattr(model, "cmvn", None) or train_corpus.cmvn
-    mean = torch.as_tensor(cmvn.mean, dtype=torch.float32)
-    std = torch.as_tensor(cmvn.std, dtype=torch.float32)
+    if getattr(model, "cmvn_in_graph", False):  # an ONNX export normalises its input itself
+        mean, std = torch.zeros(()), torch.ones(())
+    else:
+        cmvn = getattr(model, "cmvn", None) or train_corpus.cmvn
+        mean = torch.as_tensor(cmvn.mean, dtype=torch.float32)
+        std = torch.as_tensor(cmvn.std, dtype=torch.float32)
     out = []
     model.eval()
     with torch.no_grad():

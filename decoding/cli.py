@@ -91,7 +91,8 @@ def lexicon_for_model(lexicon, model):
 
 
 def load_model_and_cmvn(model_path, data_dir, device="cpu"):
-    """(acoustic model in eval mode, CMVN stats): the model's own, else DATA_DIR/cmvn.json, else None."""
+    """(acoustic model in eval mode, CMVN stats): the model's own, else DATA_DIR/cmvn.json, else None. An
+    ONNX model whose graph applies its CMVN (``model.cmvn_in_graph``) gets None: features go in raw."""
     # imported on call: training.checkpoint brings torch and the model code (seconds to import), which
     # decode.py --help and --build-graph-only never need (tests also substitute this module)
     from training.checkpoint import load_acoustic_model
@@ -99,7 +100,7 @@ def load_model_and_cmvn(model_path, data_dir, device="cpu"):
     model = load_acoustic_model(model_path, device)
     cmvn = getattr(model, "cmvn", None)
     cmvn_path = os.path.join(data_dir, "cmvn.json")
-    if cmvn is None and os.path.isfile(cmvn_path):
+    if cmvn is None and not getattr(model, "cmvn_in_graph", False) and os.path.isfile(cmvn_path):
         with open(cmvn_path) as f:
             cmvn = json.load(f)
     return model, cmvn

@@ -24,7 +24,8 @@ import json
 import math
 import os
 import struct
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -165,9 +166,23 @@ def payload_bytes(path: str) -> int:
     return os.path.getsize(path) - 8 - n
 
 
-def load_packed(path: str, device: str = "cpu") -> TDNNF:
-    """Rebuild an inference TDNNF (eval mode, weights dequantized, fake quantization off) from ``path``.
-    ``model.packed_metadata`` holds the file's metadata. Raises PackedModelError on any bad input."""
+@dataclass
+class PackedTensor:
+    """One tensor of a packed file, decoded. ``value`` is float32 with the layout shape (a quantized weight
+    dequantized); for a weight stored below 32 bits, ``codes`` (int8, layout shape; 1 bit: +-1) and
+    ``scales`` (float32, ``(rows,)`` or ``(1,)``, float16-exact) are what the file holds."""
+    name: str
+    kind: str                      # models.tdnnf.TensorInfo.kind
+    bits: int                      # 32 for float tensors
+    value: torch.Tensor
+    codes: Optional[torch.Tensor] = None
+    scales: Optional[torch.Tensor] = None
+
+
+def read_packed(path: str) -> Tuple[TDNNFConfig, bool, Dict[str, str], List[PackedTensor]]:
+    """``(config, include_xent, metadata, tensors in tensor_layout order)`` of a packed file, every tensor
+    checked against the architecture (names, dtypes, shapes, code ranges, padding, finiteness). Raises
+    PackedModelError on any bad input. :func:`load_packed` and the ONNX exporter read files through it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -209,23 +224,35 @@ def load_packed(path: str, device: str = "cpu") -> TDNNF:
         if t.dtype != _DTYPES[dt] or tuple(t.shape) != shape:
             raise PackedModelError(f"{path}: tensor {name} is {t.dtype} {tuple(t.shape)}, expected "
                                    f"{_DTYPES[dt]} {shape}")
+    out: List[PackedTensor] = []
+    for info in layout:
+        bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
+        if bits < 32:
+            n = int(math.prod(info.shape))
+            scales = tensors[info.name + ".scales"].to(torch.float32)
+            try:
+                codes = unpack_codes(tensors[info.name + ".codes"], bits, n).reshape(info.shape)
+                w = dequantize(codes, scales, bits)
+            except ValueError as e:
+                raise PackedModelError(f"{path}: {info.name}: {e}") from None
+            pt = PackedTensor(info.name, info.kind, bits, w, codes, scales)
+        else:
+            pt = PackedTensor(info.name, info.kind, 32, tensors[info.name])
+        if not bool(torch.isfinite(pt.value).all()):
+            raise PackedModelError(f"{path}: {info.name} holds non-finite values")
+        out.append(pt)
+    return cfg, include_xent, dict(meta), out
+
+
+def load_packed(path: str, device: str = "cpu") -> TDNNF:
+    """Rebuild an inference TDNNF (eval mode, weights dequantized, fake quantization off) from ``path``.
+    ``model.packed_metadata`` holds the file's metadata. Raises PackedModelError on any bad input."""
+    cfg, include_xent, meta, tensors = read_packed(path)
     model = TDNNF(cfg)
     live = model.named_tensors(include_xent=include_xent)
     with torch.no_grad():
-        for info in layout:
-            bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
-            if bits < 32:
-                n = int(math.prod(info.shape))
-                try:
-                    codes = unpack_codes(tensors[info.name + ".codes"], bits, n).reshape(info.shape)
-                    w = dequantize(codes, tensors[info.name + ".scales"].to(torch.float32), bits)
-                except ValueError as e:
-                    raise PackedModelError(f"{path}: {info.name}: {e}") from None
-            else:
-                w = tensors[info.name]
-            if not bool(torch.isfinite(w).all()):
-                raise PackedModelError(f"{path}: {info.name} holds non-finite values")
-            live[info.name].copy_(w)
+        for t in tensors:
+            live[t.name].copy_(t.value)
     model.quant_enabled = False
-    model.packed_metadata = dict(meta)
+    model.packed_metadata = meta
     return model.to(device).eval()

@@ -18,24 +18,30 @@ def test_runner_search_retrain_export_decode_table(tiny_corpus, small_train_conf
         "  - {name: fp32, kind: fp32}\n"
         "  - {name: uniform4, kind: uniform, bits: 4}\n"
         "  - {name: nas_r8, kind: nas, budget_ratio: 8, search_args: [--max-steps, 3]}\n"
+        "  - {name: nas_r8_onnx, kind: onnx, onnx_from: nas_r8}\n"
     )
     out = tmp_path / "exp"
     r = run_cli(["run_experiments.py", "--config", cfg, "--out", out])
     # the console names every system and stage, gives one result line per system, and ends with the
     # table (stdout), the plot and the TensorBoard command (stderr)
     err = r.stderr
-    for i, name in enumerate(["fp32", "uniform4", "nas_r8"], start=1):
-        assert f"[{i}/3] {name}" in err
+    for i, name in enumerate(["fp32", "uniform4", "nas_r8", "nas_r8_onnx"], start=1):
+        assert f"[{i}/4] {name}" in err
     for stage in ("train done in", "fine-tune (QAT) and export done in", "search done in", "decode dev done in",
-                  "decode test done in"):
+                  "decode test done in", "export ONNX done in"):
         assert stage in err, stage
-    assert err.count("    => ") == 3 and "uniform4: " in err and "x), dev " in err
+    assert err.count("    => ") == 4 and "uniform4: " in err and "x), dev " in err
     assert r.stdout.strip().splitlines()[0].startswith("| system |")
     tail = err.strip().splitlines()
     assert tail[-4].startswith("plot:") and tail[-3] == f"TensorBoard: tensorboard --logdir {out}"
     assert "arch/bits_heatmap" in tail[-2]
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["system"] for r in rows] == ["fp32", "uniform4", "nas_r8"]
+    assert [r["system"] for r in rows] == ["fp32", "uniform4", "nas_r8", "nas_r8_onnx"]
+    onnx = rows.pop()
+    # the ONNX row: the searched model's export, decoded through onnxruntime; its bytes are the ONNX file's
+    assert int(onnx["bytes"]) == (out / "nas_r8_onnx" / "model.onnx").stat().st_size
+    assert onnx["bits"] == rows[2]["bits"] and onnx["bottlenecks"] == rows[2]["bottlenecks"]
+    assert json.load(open(out / "nas_r8_onnx" / "decode_dev" / "wer.json"))["model"].endswith("model.onnx")
     for r in rows:
         assert 0.0 <= float(r["wer_test"]) and 0.0 <= float(r["wer_dev"])
         size = json.load(open(out / r["system"] / "size.json"))

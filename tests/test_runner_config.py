@@ -107,3 +107,19 @@ def test_real_speech_set_is_decoded_tabled_and_counts_for_lossless(tmp_path):
     (d / "decode_real").mkdir()
     (d / "decode_real" / "wer.json").write_text("{}")
     assert runner.finished(cfg["systems"][1])
+
+
+def test_onnx_system_needs_an_earlier_source_system(tmp_path):
+    with pytest.raises(ValueError, match="onnx_from naming a system listed before it"):
+        rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                        {"name": "u4_onnx", "kind": "onnx", "onnx_from": "u4"},
+                                        {"name": "u4", "kind": "uniform", "bits": 4}]))
+    with pytest.raises(ValueError, match="onnx_from"):
+        rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "x", "kind": "onnx"}]))
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4},
+                                          {"name": "u4_onnx", "kind": "onnx", "onnx_from": "u4"}]))
+    runner = rx.Runner(cfg, tmp_path / "exp", "cuda")
+    s = cfg["systems"][2]
+    assert runner.genotype(s) is None and not runner.needs_fp32(s)
+    with pytest.raises(RuntimeError, match="onnx_from 'u4' has no model yet"):
+        runner.retrain(s, None)

@@ -1,5 +1,5 @@
-"""Model files for decoding: ``model.pt`` (float weights + config + CMVN + phone list) and packed
-``.safetensors``.
+"""Model files for decoding: ``model.pt`` (float weights + config + CMVN + phone list), packed
+``.safetensors`` and its ONNX export ``.onnx``.
 
 ``model.pt`` is a plain dict of tensors and strings, read with ``weights_only=True``. The packed file is
 :mod:`quant.packing`'s format; the CMVN statistics and the phone list ride in its metadata so the file
@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from models.bottleneck_order import order_bottlenecks_
 from models.tdnnf import TDNNFConfig, build_model, copy_weights_to_bottlenecks
+from quant.onnx_model import OnnxAcousticModel
 from quant.packing import load_packed, read_header
 from training import safe_io
 from training.data import Cmvn
@@ -61,7 +62,11 @@ def model_metadata(cmvn: Optional[Cmvn], phones: Optional[Sequence[str]] = None)
 
 
 def load_model_file(path, device="cpu"):
+    """A model file by its suffix: ``.safetensors`` (packed), ``.onnx`` (``quant.onnx_model``: an
+    onnxruntime session behind the same call interface, CPU only), else ``model.pt``."""
     p = Path(path)
+    if p.suffix == ".onnx":
+        return OnnxAcousticModel(str(p)).to(device)
     if p.suffix == ".safetensors":
         model = load_packed(str(p), device=str(device))
         meta = read_header(str(p)).get("__metadata__", {})
