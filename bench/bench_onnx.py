@@ -4,12 +4,17 @@
     python bench/bench_onnx.py --fp32 exp/demo/fp32/model.safetensors \
         --packed exp/demo/uniform4/model.safetensors --data-dir data/synth_tel --split test
 
-Four backends over the same padded batches of the split's features:
+Backends over the same padded batches of the split's features:
 
 * ``torch_fp32``   the fp32 model in PyTorch (``quant.packing.load_packed``)
-* ``torch_packed`` the packed low-bit model in PyTorch (the loader dequantizes to float32 at load time)
 * ``onnx_fp32``    the fp32 model exported with ``export_onnx.py`` (float MatMul)
+* ``torch_packed`` the packed low-bit model in PyTorch (the loader dequantizes to float32 at load time)
 * ``onnx_lowbit``  the packed model exported with ``export_onnx.py`` (MatMulNBits: weights stay packed)
+
+``--packed`` may be given several times; each adds its two backends, named ``torch_packed:<name>`` and
+``onnx_lowbit:<name>`` after the file's parent directory. ``--uniform-bits 8,2`` adds uniform 8- and 2-bit
+models quantized from the fp32 model without fine-tuning (named ``uniform<b>_noft``): for speed and memory
+only, their accuracy is not what fine-tuned models reach.
 
 Each backend runs in its own process (only its runtime imported: torch, or onnxruntime + numpy), once per
 round, the rounds interleaving the backends so that load on the machine hits them alike. Per backend:
@@ -31,7 +36,6 @@ import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-BACKENDS = ("torch_fp32", "torch_packed", "onnx_fp32", "onnx_lowbit")
 
 
 def rss_mb():
@@ -125,10 +129,26 @@ def prepare(args, work):
     from quant.onnx_export import export_onnx
     from training.data import load_cuts
 
-    paths = {"torch_fp32": args.fp32, "torch_packed": args.packed,
-             "onnx_fp32": os.path.join(work, "fp32.onnx"), "onnx_lowbit": os.path.join(work, "lowbit.onnx")}
+    paths = {"torch_fp32": args.fp32, "onnx_fp32": os.path.join(work, "fp32.onnx")}
     export_onnx(args.fp32, paths["onnx_fp32"])
-    export_onnx(args.packed, paths["onnx_lowbit"], accuracy_level=args.accuracy_level)
+    packed = list(args.packed or [])
+    if args.uniform_bits:
+        from models.tdnnf import weight_names
+        from quant.packing import export_packed, load_packed, read_header
+
+        net = load_packed(args.fp32)
+        meta = read_header(args.fp32)["__metadata__"]
+        extra = {k: meta[k] for k in ("cmvn", "phones") if k in meta}
+        for b in (int(x) for x in args.uniform_bits.split(",")):
+            net.set_weight_bits({n: b for n in weight_names(net.cfg)})
+            p = os.path.join(work, f"uniform{b}_noft", "model.safetensors")
+            export_packed(net, p, extra_metadata=extra)
+            packed.append(p)
+    for i, p in enumerate(packed):
+        name = os.path.basename(os.path.dirname(os.path.abspath(p))) or str(i)
+        paths[f"torch_packed:{name}"] = p
+        paths[f"onnx_lowbit:{name}"] = os.path.join(work, f"lowbit{i}.onnx")
+        export_onnx(p, paths[f"onnx_lowbit:{name}"], accuracy_level=args.accuracy_level)
     cuts = load_cuts(args.data_dir, args.split)
     if args.num_cuts:
         cuts = cuts.subset(first=args.num_cuts)
@@ -151,9 +171,11 @@ def prepare(args, work):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fp32", help="fp32 packed model (.safetensors)")
-    ap.add_argument("--packed", help="low-bit packed model (.safetensors)")
+    ap.add_argument("--packed", action="append", help="low-bit packed model (.safetensors); repeatable")
     ap.add_argument("--data-dir", default="data/synth_tel")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--uniform-bits", default="", help="comma list: also uniform b-bit models quantized from --fp32 "
+                                                         "without fine-tuning (speed and memory only)")
     ap.add_argument("--num-cuts", type=int, default=0, help="first N cuts only (0: all)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over the split per round (best kept)")
@@ -167,15 +189,16 @@ def main():
     if args.worker:
         worker(args.worker[0], args.worker[1], args.data, args.threads, args.chunk_frames, args.repeats)
         return
-    if not (args.fp32 and args.packed):
-        ap.error("--fp32 and --packed are required")
+    if not (args.fp32 and (args.packed or args.uniform_bits)):
+        ap.error("--fp32 and --packed (or --uniform-bits) are required")
     with tempfile.TemporaryDirectory() as work:
         paths, data, audio, ncuts = prepare(args, work)
-        runs = {b: [] for b in BACKENDS}
+        runs = {b: [] for b in paths}
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         for r in range(args.rounds):
-            for b in BACKENDS:
-                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", b, paths[b], "--data", data,
+            for b in paths:
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", b.split(":")[0], paths[b],
+                                      "--data", data,
                                       "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
                                       "--repeats", str(args.repeats)], env=env, capture_output=True, text=True)
                 if out.returncode != 0:
@@ -183,14 +206,14 @@ def main():
                 runs[b].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"round {r + 1}/{args.rounds} {b}: forward {runs[b][-1]['forward_s']:.2f} s", file=sys.stderr)
         res = {}
-        for b in BACKENDS:
+        for b in paths:
             med = {k: statistics.median(x[k] for x in runs[b]) for k in runs[b][0] if k != "backend"}
             med["file_bytes"] = os.path.getsize(paths[b])
             med["forward_rtf"] = med["forward_s"] / audio
             res[b] = med
     base = res["torch_fp32"]
     print(f"{args.split}: {ncuts} cuts, {audio:.1f} s of audio; {args.threads} thread(s); median of {args.rounds} "
-          f"rounds; low-bit model {args.packed}")
+          f"rounds; low-bit models: {', '.join(k.split(':')[1] for k in res if k.startswith('onnx_lowbit'))}")
     print(f"| backend | file bytes | model RSS MiB | peak RSS MiB | forward RTF | 1 s chunk ms | "
           f"file x | model RSS x | peak RSS x | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -202,6 +225,7 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"split": args.split, "cuts": ncuts, "audio_seconds": audio, "threads": args.threads,
+                       "accuracy_level": args.accuracy_level,
                        "rounds": args.rounds, "fp32": args.fp32, "packed": args.packed, "results": res}, f, indent=1)
 
 
