@@ -10,6 +10,9 @@ weights a ``MatMul``. ``--kernel float`` writes every weight as a float ``MatMul
 instead. The graph includes the model's CMVN, context handling, frame subsampling and chain output, so the
 ONNX file alone maps raw features to pdf log-likelihoods (quant/onnx_export.py documents the format).
 Prints a JSON summary (file bytes, per-weight kernels).
+
+    python export_onnx.py --lm exp/lm/fp32/model.pt --out exp/lm/fp32/model.onnx   # the Transformer LM
+    python rescore.py ... --lm exp/lm/fp32/model.onnx                              # rescoring through it
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ def main(argv=None) -> int:
     from quant.onnx_export import ACCURACY_LEVELS, KERNELS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="packed model file (.safetensors) written by retrain.py")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="packed acoustic model (.safetensors) written by retrain.py")
+    src.add_argument("--lm", help="Transformer LM (model.pt) written by train_lm.py: float32 graph (lm/onnx.py)")
     ap.add_argument("--out", required=True, help="ONNX file to write")
     ap.add_argument("--kernel", choices=KERNELS, default="nbits",
                     help="nbits: low-bit weights stay packed (MatMulNBits); float: dequantized float MatMul")
@@ -33,6 +38,11 @@ def main(argv=None) -> int:
                          "4 = int8 activations (faster on some CPUs, approximate)")
     add_debug_flag(ap)
     args = ap.parse_args(argv)
+    if args.lm:
+        from lm.onnx import export_lm_onnx
+
+        print(json.dumps(export_lm_onnx(args.lm, args.out), indent=1))
+        return 0
     from quant.onnx_export import export_onnx
 
     res = export_onnx(args.model, args.out, kernel=args.kernel, accuracy_level=args.accuracy_level)

@@ -65,12 +65,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from lm.onnx import load_lm_onnx
     from lm.score import load_lm, sentence_logprobs
     from lm.vocab import Vocab
 
     try:
         vocab = Vocab.load(args.vocab) if args.vocab else None
-        model, vocab = load_lm(args.model, args.device, vocab=vocab)
+        if args.model.endswith(".onnx"):  # the LM's ONNX export (export_onnx.py --lm), onnxruntime on the CPU
+            model, vocab = load_lm_onnx(args.model, vocab)
+        else:
+            model, vocab = load_lm(args.model, args.device, vocab=vocab)
         ids, sents = read_scoring_text(args.text, args.utt_ids)
         logp, toks, oovs = sentence_logprobs(model, vocab, sents, args.batch_size)
     except (OSError, ValueError, RuntimeError) as e:

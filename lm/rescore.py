@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from decoding.wer import align_utterance
+from lm.onnx import load_lm_onnx
 from lm.score import load_lm, sentence_logprobs
 from lm.vocab import Vocab
 
@@ -71,11 +72,22 @@ def rescored_cost(acoustic, graph, ngram, nnlm, lm_weight: float = 1.0, alpha: f
 
 # ----------------------------------------------------------------------------- language models
 def load_rescoring_lm(path, vocab_path=None, device: str = "cpu"):
-    """(model, vocab) of a ``model.pt`` written by train_lm.py.
+    """(model, vocab) of a ``model.pt`` written by train_lm.py, or of its ONNX export (``.onnx``,
+    ``lm.onnx``: scored through onnxruntime on the CPU).
 
     The vocabulary file ``vocab_path`` (default: ``vocab.txt`` beside the model, when present) must be
     the model's own; another one is refused with a ``ValueError`` naming the first difference."""
     p = Path(path)
+    if p.suffix == ".onnx":
+        if str(device) != "cpu":
+            raise ValueError(f"{p}: ONNX language models run on onnxruntime's CPU provider; got --device {device}")
+        vocab = Vocab.load(vocab_path) if vocab_path is not None else None
+        try:
+            return load_lm_onnx(str(p), vocab)
+        except ValueError as e:
+            if "is not the one" in str(e):
+                raise ValueError(f"vocabulary file {vocab_path} does not match the language model {p}: {e}") from e
+            raise
     if vocab_path is None and (p.parent / "vocab.txt").is_file():
         vocab_path = p.parent / "vocab.txt"
     vocab = None

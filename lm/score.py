@@ -33,7 +33,7 @@ MODEL_FORMAT = "green-asr-lm-v1"
 
 def token_logprobs(model: TransformerLM, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, L) float32: log p(targets[b, t] | inputs[b, :t+1]); 0 where ``mask`` is False."""
-    dev = next(model.parameters()).device
+    dev = getattr(model, "device", None) or next(model.parameters()).device  # .device: lm.onnx's model
     logits = model(batch["inputs"].to(dev))
     lp = F.log_softmax(logits.float(), dim=-1).gather(-1, batch["targets"].to(dev).unsqueeze(-1)).squeeze(-1)
     return lp * batch["mask"].to(dev)

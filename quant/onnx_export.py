@@ -118,8 +118,9 @@ def matmul_nbits_tensors(codes: np.ndarray, scales: np.ndarray, bits: int, block
     return b, s, _pack_rows(z, kb).reshape(-1)
 
 
-class _Graph:
-    """A tiny ONNX graph builder: constants become initializers, each op gets a fresh output name."""
+class OnnxGraph:
+    """A small ONNX graph builder (also used by lm.onnx): constants become initializers, each op gets a
+    fresh output name."""
 
     def __init__(self):
         from onnx import numpy_helper
@@ -167,7 +168,7 @@ class _Exporter:
         self.t = {p.name: p for p in tensors}
         self.kernel = kernel
         self.accuracy_level = accuracy_level
-        self.g = _Graph()
+        self.g = OnnxGraph()
         self.weights: Dict[str, Dict] = {}
 
     def matmul(self, x: str, name: str, bias: Optional[str] = None) -> str:

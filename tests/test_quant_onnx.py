@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from models.quantizers import qmax_for  # noqa: E402
+from models.quantizers import SUPPORTED_BITS, qmax_for  # noqa: E402
 from models.tdnnf import TDNNF, TDNNFConfig, weight_names  # noqa: E402
 from quant.onnx_export import (BLOCK_SIZES, OnnxExportError, choose_block_size, export_onnx,  # noqa: E402
                                matmul_nbits_tensors)
@@ -25,6 +25,7 @@ from quant.packing import export_packed, load_packed  # noqa: E402
 from tests.conftest import run_cli, run_cli_fail  # noqa: E402
 
 TOL = 1e-3  # max abs difference on log-likelihoods (observed: about 1e-5, float32 summation order)
+LOW_BITS = [b for b in SUPPORTED_BITS if b < 32]  # every quantized width the code supports
 
 
 def dequant_reference(b, scales, zps, n, k, bits, block_size):
@@ -45,7 +46,7 @@ def dequant_reference(b, scales, zps, n, k, bits, block_size):
     return w
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("bits", LOW_BITS)
 @pytest.mark.parametrize("k", [16, 40, 130])
 def test_matmul_nbits_layout_reproduces_our_codes(bits, k):
     rng = np.random.default_rng(bits * 1000 + k)
@@ -127,12 +128,12 @@ ARCHS = {
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-@pytest.mark.parametrize("bits", [1, 2, 4, 8, 32, "mixed"])
+@pytest.mark.parametrize("bits", list(SUPPORTED_BITS) + ["mixed"])
 def test_onnx_matches_packed_model(tmp_path, arch, bits):
     cfg = _cfg(**ARCHS[arch])
     if bits == "mixed":
         names = weight_names(cfg)
-        bits = {n: (1, 2, 4, 8, 32)[i % 5] for i, n in enumerate(names)}
+        bits = {n: SUPPORTED_BITS[i % len(SUPPORTED_BITS)] for i, n in enumerate(names)}
     cmvn = {"mean": [0.5] * 6, "std": [2.0, 1.0, 0.5, 3.0, 1.0, 0.0]}  # a zero std is floored at 1e-5
     packed = str(tmp_path / "m.safetensors")
     export_packed(_random_model(cfg, bits), packed, extra_metadata={"cmvn": json.dumps(cmvn)})
@@ -205,7 +206,8 @@ def test_bad_inputs_get_clear_errors(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_models(tiny_corpus, tmp_path_factory):
     """Packed models of the demo search space's network (random weights, the tiny corpus's phones and
-    CMVN) at every bit-width of the space plus a mixed genotype, and their ONNX exports."""
+    CMVN) at every bit-width the code supports (``SUPPORTED_BITS``) plus a mixed genotype, and their ONNX
+    exports."""
     from lang.lexicon import Lexicon
     from search_spaces.space import load_search_space
     from training.data import Cmvn
@@ -218,8 +220,8 @@ def tiny_models(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx_tiny")
     names = weight_names(cfg)
     models = {}
-    for bits in (1, 2, 4, 8, 32, "mixed"):
-        b = {n: (8, 4, 2, 1)[i % 4] for i, n in enumerate(names)} if bits == "mixed" else bits
+    for bits in list(SUPPORTED_BITS) + ["mixed"]:
+        b = {n: LOW_BITS[::-1][i % len(LOW_BITS)] for i, n in enumerate(names)} if bits == "mixed" else bits
         m = _random_model(cfg.replace(feat_dim=cmvn.mean.numel()), b)
         packed = out / f"m{bits}.safetensors"
         export_packed(m, str(packed), extra_metadata=model_metadata(cmvn, lex.phones))

@@ -59,3 +59,21 @@ def test_rescore_cli_refuses_an_lm_with_another_vocabulary(tiny_corpus, models, 
         run_cli(["rescore.py", "--model", models / "am" / "model.pt", "--lm", models / "lm" / "model.pt",
                  "--lm-vocab", bad, "--data-dir", tiny_corpus, "--out", tmp_path / "x",
                  "--graph-cache", tmp_path / "graphs", "--no-progress"])
+
+
+def test_rescore_through_the_lms_onnx_export_matches_the_pytorch_lm(tiny_corpus, models, tmp_path):
+    run_cli(["export_onnx.py", "--lm", models / "lm" / "model.pt", "--out", tmp_path / "lm.onnx"])
+    outs = {}
+    for name, lm in (("pt", models / "lm" / "model.pt"), ("onnx", tmp_path / "lm.onnx")):
+        outs[name] = tmp_path / name
+        run_cli(["rescore.py", "--model", models / "am" / "model.pt", "--lm", lm, "--data-dir", tiny_corpus,
+                 "--out", outs[name], "--nbest", 5, "--graph-cache", tmp_path / "graphs", "--beam", 8,
+                 "--lattice-beam", 4, "--lm-weights", "0.5,1,2", "--alphas", "0,0.5,1", "--no-progress"])
+    reps = {n: json.loads((o / "rescore.json").read_text()) for n, o in outs.items()}
+    assert reps["pt"]["weights"]["lm_weight"] == reps["onnx"]["weights"]["lm_weight"]
+    for split in ("dev", "test"):
+        assert reps["pt"][split]["wer"]["rescored"]["wer"] == reps["onnx"][split]["wer"]["rescored"]["wer"]
+        a, b = ([json.loads(l) for l in (outs[n] / split / "nbest.jsonl").read_text().splitlines()] for n in ("pt", "onnx"))
+        scores = [(x["nnlm"], y["nnlm"]) for ra, rb in zip(a, b) for x, y in zip(ra["hyps"], rb["hyps"])]
+        assert len(a) == len(b) and scores
+        assert max(abs(x - y) for x, y in scores) < 1e-3
