@@ -30,6 +30,7 @@ from lm.model import TransformerLMConfig
 from lm.score import load_lm
 from lm.vocab import Vocab
 from quant.onnx_export import OPSET, OnnxGraph
+from quant.onnx_model import cpu_session
 
 FORMAT = "green-asr-lm-onnx"
 FORMAT_VERSION = "1"
@@ -122,18 +123,7 @@ class OnnxTransformerLM:
     device = torch.device("cpu")
 
     def __init__(self, path: str, num_threads=None):
-        import onnxruntime as ort
-
-        if not os.path.isfile(path):
-            raise LMOnnxError(f"{path}: no such file")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(num_threads or torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime's error classes differ between versions
-            raise LMOnnxError(f"{path}: onnxruntime cannot load it: {' '.join(str(e).split())[:300]}") from None
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.session, meta = cpu_session(path, num_threads, LMOnnxError)
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise LMOnnxError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file (format={meta.get('format')!r})")
         try:

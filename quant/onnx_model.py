@@ -24,23 +24,30 @@ class OnnxModelError(ValueError):
     """A file that is not a readable acoustic-model ONNX export."""
 
 
+def cpu_session(path: str, num_threads: Optional[int] = None, error=OnnxModelError):
+    """``(onnxruntime.InferenceSession on the CPU provider, its custom metadata dict)`` for ``path``;
+    ``num_threads`` intra-op threads (default: ``torch.get_num_threads()``, PyTorch's budget in this
+    process). A missing or unloadable file raises ``error`` with the path and the runtime's message."""
+    import onnxruntime as ort
+
+    if not os.path.isfile(path):
+        raise error(f"{path}: no such file")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(num_threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's error classes differ between versions
+        raise error(f"{path}: onnxruntime cannot load it: {' '.join(str(e).split())[:300]}") from None
+    return session, dict(session.get_modelmeta().custom_metadata_map)
+
+
 class OnnxAcousticModel:
     """An onnxruntime session over an exported acoustic model. ``num_threads``: onnxruntime's intra-op
     threads (default: ``torch.get_num_threads()``, the same budget PyTorch has in this process)."""
 
     def __init__(self, path: str, num_threads: Optional[int] = None):
-        import onnxruntime as ort
-
-        if not os.path.isfile(path):
-            raise OnnxModelError(f"{path}: no such file")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(num_threads or torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime's error classes differ between versions
-            raise OnnxModelError(f"{path}: onnxruntime cannot load it: {' '.join(str(e).split())[:300]}") from None
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.session, meta = cpu_session(path, num_threads)
         if meta.get("format") != FORMAT:
             raise OnnxModelError(f"{path}: not a {FORMAT} file (format={meta.get('format')!r})")
         if meta.get("format_version") != FORMAT_VERSION:
