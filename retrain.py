@@ -213,8 +213,11 @@ def main(argv=None):
                 "world_size": dinfo.world_size}
         if checksums is not None:
             size["ddp_param_checksums"] = checksums
-        with open(out / "size.json", "w") as f:
+        # size.json marks the system trained for run_experiments.py: written last, atomically
+        tmp = out / "size.json.tmp"
+        with open(tmp, "w") as f:
             json.dump(size, f, indent=1)
+        os.replace(tmp, out / "size.json")
         log.info("exported %s: %d bytes payload (%.2fx smaller than the fp32 baseline's %d bytes); "
                  "trained in %.0f s", packed, payload, base_fp32 / payload, base_fp32, train_seconds)
     distributed.cleanup(dinfo)

@@ -137,14 +137,23 @@ class SystemLock:
                 os.close(fd)
                 return True
             except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or "0")
-                    os.kill(pid, 0)
+                if not self.stale():
                     return False  # a live runner owns it
-                except (ValueError, ProcessLookupError, FileNotFoundError):
-                    log.warning("removing stale lock %s", self.path)
-                    self.path.unlink(missing_ok=True)
+                log.warning("removing stale lock %s", self.path)
+                self.path.unlink(missing_ok=True)
         return False
+
+    def stale(self) -> bool:
+        """Whether the lock names no live process: a dead pid, or no pid at all (a runner killed between
+        creating the file and writing its pid; os.kill(0, 0) would test this process group instead)."""
+        try:
+            pid = int(self.path.read_text().strip() or "0")
+            if pid <= 0:
+                raise ValueError(pid)
+            os.kill(pid, 0)
+            return False
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            return True
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -228,7 +237,9 @@ class Runner:
             if has_checkpoint(sd / "checkpoint.pt"):
                 cmd += ["--resume"]
             run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt", self.console, "search")
-            g.write_text((sd / "genotype.json").read_text())
+            tmp = g.with_suffix(".tmp")  # atomically: an existing genotype_in.json is used as it is
+            tmp.write_text((sd / "genotype.json").read_text())
+            tmp.replace(g)
         return g
 
     def measured_sensitivity(self, kind: str) -> Optional[Path]:
@@ -494,6 +505,10 @@ class Runner:
                 finally:
                     lock.release()
                 self.console.line(f"    => {self.result_line(self.row(s))} ({time.time() - t0:.0f} s)")
+            else:  # a runner killed after the system's last stage, before releasing its lock, left it
+                lock = SystemLock(self.sys_dir(s["name"]))
+                if lock.path.is_file() and lock.stale():
+                    lock.release()
             rows.append(self.row(s))
             self.write_table(rows, show=False)
         if rows:  # once more with every row fresh: rows written early lacked the later reference's tests

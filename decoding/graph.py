@@ -325,8 +325,10 @@ class DecodingGraph:
         d.mkdir(parents=True, exist_ok=True)
         self.fst.write(str(d / "HCLG.fst"))
         write_symbols(self.words, d / "words.txt")
-        with open(d / "info.json", "w") as f:
+        # info.json marks a complete cached graph (get_graph): written last, atomically
+        with open(d / "info.json.tmp", "w") as f:
             json.dump(dict(self.info, num_pdfs=self.num_pdfs), f, indent=1)
+        os.replace(d / "info.json.tmp", d / "info.json")
         self.directory = str(d)
 
     @classmethod

@@ -98,8 +98,11 @@ def write_results(out_dir: str, refs: Mapping[str, Words], hyps: Mapping[str, Wo
             f.write(json.dumps(d) + "\n")
     summary = dict(summarize(utts))
     summary.update(dict(extra))
-    with open(os.path.join(out_dir, "wer.json"), "w") as f:
+    # wer.json marks the decode done for run_experiments.py: written last, atomically
+    tmp = os.path.join(out_dir, "wer.json.tmp")
+    with open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, "wer.json"))
     return summary
 
 

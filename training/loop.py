@@ -405,7 +405,9 @@ class Trainer:
             h.on_fit_start(self)
         valid: Dict[str, float] = {}
         log_path = self.out_dir / "train_log.jsonl"
-        done = False
+        # a run resumed after it reached max_steps (killed after its last checkpoint, before its outputs
+        # were written) takes no further step, so its model is the uninterrupted run's
+        done = self.step > 0 and self.opts.max_steps is not None and self.step >= self.opts.max_steps
         while self.epoch < self.opts.epochs and not done:
             t0 = time.time()
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch,

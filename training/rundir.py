@@ -105,6 +105,16 @@ def write_identity(out: Path, identity: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def remove_stale_temp_files(out: Path) -> None:
+    """Delete the ``*.tmp`` files in ``out`` that a killed process left mid-way through an atomic write
+    (``<name>.<random>.tmp`` of save_atomic, ``checkpoint.prev.pt.tmp``, ``run_identity.json.tmp``,
+    ``size.json.tmp``, ...). Called under ``out``'s lock: no live process is writing them."""
+    for p in sorted(Path(out).glob("*.tmp")):
+        if p.is_file():
+            log.warning("removing %s, left by a killed run", p)
+            p.unlink(missing_ok=True)
+
+
 def claim_out_dir(out, identity: Dict[str, Any], resume: bool, is_main: bool = True):
     """Check the identity (all ranks), then on the main rank create ``out``, lock it and record the
     identity. Returns the lock file (held until the process ends) or None on other ranks."""
@@ -118,5 +128,6 @@ def claim_out_dir(out, identity: Dict[str, Any], resume: bool, is_main: bool = T
     out.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(out)
     check_identity(out, identity, resume)  # again under the lock: another process may have written it
+    remove_stale_temp_files(out)
     write_identity(out, identity)
     return lock
