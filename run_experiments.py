@@ -459,6 +459,20 @@ class Runner:
             log.warning("TensorBoard figure not written: %s", e)
         plt.close(fig)
 
+    def print_comparisons(self, pairs) -> None:
+        """A Markdown table of ``(a, b)`` pairs of finished systems: WER change a - b and both p-values per
+        evaluated set."""
+        names = {s["name"] for s in self.cfg["systems"] if self.finished(s)}
+        bad = [p for p in pairs if len(p) != 2 or not set(p) <= names]
+        if bad:
+            raise ValueError(f"--compare: pairs must be A:B of finished systems ({sorted(names)}); got {bad}")
+        print("| system | against | set | dWER (points) | MAPSSWE p | bootstrap p |")
+        print("|---|---|---|---|---|---|")
+        for a, b in pairs:
+            for sp in self.eval_sets:
+                p, pb, d = self.significance(a, sp, b)
+                print(f"| {a} | {b} | {sp} | {d:+.2f} | {p:.3f} | {pb:.3f} |")
+
     def table_only(self) -> List[Dict[str, Any]]:
         """Write the table from the systems already finished; run nothing."""
         rows = [self.row(s) for s in self.cfg["systems"] if self.finished(s)]
@@ -546,6 +560,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
     p.add_argument("--only", default=None, help="comma-separated systems to run, in this order")
     p.add_argument("--table-only", action="store_true", help="only write the table of finished systems")
+    p.add_argument("--compare", default=None, metavar="A:B,...",
+                   help="only print WER changes of finished systems A against B on every evaluated set, with "
+                        "MAPSSWE and paired-bootstrap p-values (runs nothing, writes nothing)")
     p.add_argument("--quiet", action="store_true", help="print only the table (no stage lines, no progress bars)")
     add_debug_flag(p)
     args = p.parse_args(argv)
@@ -557,7 +574,9 @@ def main(argv=None) -> int:
     out = Path(args.out or cfg.get("out") or f"exp/{Path(args.config).stem}")
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(cfg, out, args.device or cfg.get("device", "cpu"), Console(quiet=args.quiet))
-    if args.table_only:
+    if args.compare:
+        runner.print_comparisons([tuple(p.split(":")) for p in args.compare.split(",") if p])
+    elif args.table_only:
         runner.table_only()
         runner.show_ending()
     else:

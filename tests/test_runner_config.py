@@ -123,3 +123,24 @@ def test_onnx_system_needs_an_earlier_source_system(tmp_path):
     assert runner.genotype(s) is None and not runner.needs_fp32(s)
     with pytest.raises(RuntimeError, match="onnx_from 'u4' has no model yet"):
         runner.retrain(s, None)
+
+
+def test_compare_prints_pairwise_tests_of_finished_systems(tmp_path, capsys):
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "a", "kind": "fp32"},
+                                          {"name": "b", "kind": "fp32"}]))
+    cfg["splits"] = ["dev"]
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    refs = ["A B C D", "E F G H", "I J"]
+    for name, h in {"fp32": refs, "a": ["A B C X", "E F G H", "I J"], "b": ["A B C D", "E F G H", "I X"]}.items():
+        d = tmp_path / "exp" / name / "decode_dev"
+        d.mkdir(parents=True)
+        (d / "refs.txt").write_text("".join(f"u{i} {r}\n" for i, r in enumerate(refs)))
+        (d / "hyps.txt").write_text("".join(f"u{i} {x}\n" for i, x in enumerate(h)))
+        (d / "wer.json").write_text("{}")
+        (d.parent / "size.json").write_text("{}")
+    runner.print_comparisons([("a", "fp32"), ("a", "b")])
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].startswith("| system | against | set |") and len(rows) == 4
+    assert rows[2].startswith("| a | fp32 | dev | +10.00 |") and rows[3].startswith("| a | b | dev | +0.00 |")
+    with pytest.raises(ValueError, match="finished systems"):
+        runner.print_comparisons([("a", "nope")])
