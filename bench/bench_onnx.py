@@ -49,7 +49,7 @@ def rss_mb():
     return vals["VmRSS"], vals["VmHWM"]
 
 
-def worker(backend, model, data, threads, chunk_frames, repeats):
+def worker(backend, model, data, threads, chunk_frames, context, repeats):
     """Load ``model`` with ``backend``, time the forward over the batches in ``data`` (an .npz), print JSON."""
     import numpy as np
 
@@ -70,17 +70,13 @@ def worker(backend, model, data, threads, chunk_frames, repeats):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
-        meta = sess.get_modelmeta().custom_metadata_map
-        cfg = json.loads(meta["config"])
 
         def fwd(x, lens):
             return sess.run(["chain"], {"feats": x, "lengths": lens.astype(np.int64)})[0]
     else:
         torch.set_num_threads(threads)
         net = load_packed(model)
-        meta = read_header(model)["__metadata__"]
-        cfg = json.loads(meta["config"])
-        cm = json.loads(meta["cmvn"])
+        cm = json.loads(read_header(model)["__metadata__"]["cmvn"])
         mean = torch.tensor(cm["mean"], dtype=torch.float32)
         std = torch.tensor(cm["std"], dtype=torch.float32).clamp(min=1e-5)
 
@@ -97,9 +93,8 @@ def worker(backend, model, data, threads, chunk_frames, repeats):
             fwd(x, lens)
         times.append(time.perf_counter() - t)
     # one batch-1 chunk of chunk_frames input frames plus the model's left and right context
-    ctx = _context(cfg)
     rng = np.random.default_rng(0)
-    x1 = rng.standard_normal((1, chunk_frames + ctx, feat_dim)).astype(np.float32)
+    x1 = rng.standard_normal((1, chunk_frames + context, feat_dim)).astype(np.float32)
     l1 = np.array([x1.shape[1]], np.int64)
     lat = []
     for _ in range(30):
@@ -111,22 +106,16 @@ def worker(backend, model, data, threads, chunk_frames, repeats):
                       "rss_base_mb": base, "model_rss_mb": loaded - base, "peak_rss_mb": peak}))
 
 
-def _context(cfg):
-    """Left + right context (input frames) of the TDNN-F config dict (as models.tdnnf.contexts)."""
-    f = cfg["frame_subsampling_factor"]
-    strides = cfg["time_strides"]
-    sp = next((i for i, s in enumerate(strides) if s > 0 and s % f == 0), len(strides)) if f > 1 else 0
-    full = sum(strides[:sp])
-    ctx = cfg["tdnn1_context"]
-    return -min(0, ctx[0]) + max(0, ctx[-1]) + 2 * full + 2 * sum(strides[sp:])
-
-
 def prepare(args, work):
-    """Export both ONNX files and write the padded feature batches; returns (paths, audio seconds, #cuts)."""
+    """Export the ONNX files and write the padded feature batches; returns (paths, batches file, audio
+    seconds, #cuts, the model's context in frames)."""
     import numpy as np
 
     sys.path.insert(0, ROOT)
+    from decoding.decoder import _batches
+    from models.tdnnf import TDNNFConfig, contexts
     from quant.onnx_export import export_onnx
+    from quant.packing import read_header
     from training.data import load_cuts
 
     paths = {"torch_fp32": args.fp32, "onnx_fp32": os.path.join(work, "fp32.onnx")}
@@ -154,18 +143,17 @@ def prepare(args, work):
         cuts = cuts.subset(first=args.num_cuts)
     feats = sorted((np.asarray(c.load_features(), np.float32) for c in cuts), key=lambda f: -f.shape[0])
     audio = sum(f.shape[0] for f in feats) * 0.01
-    arrays, i, n = {}, 0, 0
-    while i < len(feats):  # batches as decoding.decoder.compute_outputs makes them (<= 32 cuts, 20000 frames)
-        T = feats[i].shape[0]
-        k = max(1, min(32, 20000 // T, len(feats) - i))
-        x = np.zeros((k, T, feats[i].shape[1]), np.float32)
-        for b in range(k):
-            x[b, : feats[i + b].shape[0]] = feats[i + b]
-        arrays[f"x{n}"], arrays[f"l{n}"] = x, np.array([f.shape[0] for f in feats[i: i + k]], np.int64)
-        i, n = i + k, n + 1
+    arrays = {}
+    # the batches decoding.decoder.compute_outputs makes (<= 32 cuts, 20000 frames), zero-padded
+    for n, batch in enumerate(_batches([(None, f) for f in feats], 20000, 32)):
+        x = np.zeros((len(batch), batch[0][1].shape[0], batch[0][1].shape[1]), np.float32)
+        for b, (_, f) in enumerate(batch):
+            x[b, : f.shape[0]] = f
+        arrays[f"x{n}"], arrays[f"l{n}"] = x, np.array([f.shape[0] for _, f in batch], np.int64)
     data = os.path.join(work, "batches.npz")
-    np.savez(data, n=n, **arrays)
-    return paths, data, audio, len(feats)
+    np.savez(data, n=len(arrays) // 2, **arrays)
+    lf, rf, ls, rs = contexts(TDNNFConfig.from_dict(json.loads(read_header(args.fp32)["__metadata__"]["config"])))
+    return paths, data, audio, len(feats), lf + rf + ls + rs
 
 
 def main():
@@ -185,14 +173,15 @@ def main():
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--worker", nargs=2, metavar=("BACKEND", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--context", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.data, args.threads, args.chunk_frames, args.repeats)
+        worker(args.worker[0], args.worker[1], args.data, args.threads, args.chunk_frames, args.context, args.repeats)
         return
     if not (args.fp32 and (args.packed or args.uniform_bits)):
         ap.error("--fp32 and --packed (or --uniform-bits) are required")
     with tempfile.TemporaryDirectory() as work:
-        paths, data, audio, ncuts = prepare(args, work)
+        paths, data, audio, ncuts, context = prepare(args, work)
         runs = {b: [] for b in paths}
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         for r in range(args.rounds):
@@ -200,6 +189,7 @@ def main():
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", b.split(":")[0], paths[b],
                                       "--data", data,
                                       "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
+                                      "--context", str(context),
                                       "--repeats", str(args.repeats)], env=env, capture_output=True, text=True)
                 if out.returncode != 0:
                     raise SystemExit(f"worker {b} failed:\n{out.stderr[-3000:]}")

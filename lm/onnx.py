@@ -52,7 +52,7 @@ def export_lm_onnx(model_path: str, out_path: str) -> dict:
 
     model, vocab = load_lm(model_path)
     cfg = model.cfg
-    sd = {k: v for k, v in model.state_dict().items()}
+    sd = model.state_dict()
     g = OnnxGraph()
     i64 = np.int64
 
@@ -79,8 +79,7 @@ def export_lm_onnx(model_path: str, out_path: str) -> dict:
     heads_shape = g.const([0, 0, H, D // H], "heads_shape", i64)
     merge_shape = g.const([0, 0, D], "merge_shape", i64)
     scale = g.const(np.float32(1.0 / math.sqrt(D // H)), "attn_scale")
-    blocks = [m for m in model.blocks]
-    for b, blk in enumerate(blocks):
+    for b, blk in enumerate(model.blocks):
         p = f"blocks.{b}"
         a = layer_norm(h, p + ".ln_attn", blk.ln_attn.eps)
         q, k, v = (g.op("Reshape", [linear(a, f"{p}.attn.{n}_proj"), heads_shape]) for n in "qkv")

@@ -6,7 +6,6 @@ bit-width of the search space, several architectures, on the tiny corpus through
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
@@ -17,12 +16,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from models.quantizers import SUPPORTED_BITS, qmax_for  # noqa: E402
-from models.tdnnf import TDNNF, TDNNFConfig, weight_names  # noqa: E402
+from models.tdnnf import TDNNFConfig, weight_names  # noqa: E402
 from quant.onnx_export import (BLOCK_SIZES, OnnxExportError, choose_block_size, export_onnx,  # noqa: E402
                                matmul_nbits_tensors)
 from quant.onnx_model import OnnxAcousticModel, OnnxModelError  # noqa: E402
 from quant.packing import export_packed, load_packed  # noqa: E402
 from tests.conftest import run_cli, run_cli_fail  # noqa: E402
+from tests.test_quant_packing import trained_like  # noqa: E402
 
 TOL = 1e-3  # max abs difference on log-likelihoods (observed: about 1e-5, float32 summation order)
 LOW_BITS = [b for b in SUPPORTED_BITS if b < 32]  # every quantized width the code supports
@@ -84,19 +84,11 @@ def _cfg(**kw):
 
 
 def _random_model(cfg, bits, seed=0):
-    """A TDNN-F with random weights of unit-scale outputs and populated BatchNorm statistics, at ``bits``
-    (an int for every weight, or a {name: bits} dict)."""
-    torch.manual_seed(seed)
-    m = TDNNF(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) / math.sqrt(p.shape[-1]))
-    m.train()
-    for _ in range(3):
-        m(torch.randn(4, 40, cfg.feat_dim) * 2 + 1, torch.tensor([40, 31, 20, 9]))
-    names = weight_names(cfg)
-    m.set_weight_bits(bits if isinstance(bits, dict) else {n: bits for n in names})
-    return m.eval()
+    """``tests.test_quant_packing.trained_like`` (random weights of unit-scale outputs, populated BatchNorm
+    statistics) at ``bits``: an int for every weight, or a {name: bits} dict."""
+    m = trained_like(cfg, seed)
+    m.set_weight_bits(bits if isinstance(bits, dict) else {n: bits for n in weight_names(cfg)})
+    return m
 
 
 def _compare(packed, onnx_path, cmvn=None, feat_dim=6, seed=1):
