@@ -19,6 +19,13 @@ applied unchanged to test. Outputs in --out:
                                 bootstrap significance of rescored vs first pass
 
 WERs are percentages. The graph is built (or loaded from --graph-cache) as decode.py does.
+
+  python rescore.py --nbest-from exp/x/rescore --lm exp/lm/kl_r16/model.safetensors --data-dir data/synth_demo \
+      --out exp/x/rescore_kl_r16
+
+reuses the n-best lists of an earlier run (its <split>/nbest.jsonl: words, acoustic, graph and n-gram
+costs) and only scores them with another LM (a packed low-bit LM of quantize_lm.py, say): no acoustic
+model, no decoding, the same lists for every LM compared.
 """
 from __future__ import annotations
 
@@ -49,8 +56,11 @@ def _floats(text: str):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="acoustic model (training.checkpoint.load_acoustic_model)")
-    ap.add_argument("--lm", required=True, help="Transformer LM model.pt (train_lm.py)")
+    ap.add_argument("--model", help="acoustic model (training.checkpoint.load_acoustic_model)")
+    ap.add_argument("--nbest-from", help="output dir of an earlier rescore.py run: rescore its n-best lists "
+                    "instead of decoding (then --model is not used)")
+    ap.add_argument("--lm", required=True, help="Transformer LM: model.pt (train_lm.py), model.safetensors "
+                    "(quantize_lm.py) or model.onnx (export_onnx.py --lm)")
     ap.add_argument("--lm-vocab", help="vocabulary file the LM must match (default: vocab.txt beside --lm)")
     ap.add_argument("--data-dir", default="data/synth_demo")
     ap.add_argument("--out", required=True)
@@ -68,6 +78,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.nbest < 1:
         ap.error("--nbest must be >= 1")
+    if (args.model is None) == (args.nbest_from is None):
+        ap.error("give exactly one of --model (decode) and --nbest-from (reuse n-best lists)")
     args.lm_weights, args.alphas = _floats(args.lm_weights), _floats(args.alphas)
     if not args.lm_weights or not args.alphas:
         ap.error("--lm-weights and --alphas need at least one value each")
@@ -82,46 +94,73 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from lm.rescore import counts, first_pass, grid_search, load_rescoring_lm, oracle, rescore, score_nbest, \
-        write_nbest_jsonl
+    from lm.rescore import counts, first_pass, grid_search, load_rescoring_lm, oracle, read_nbest_jsonl, rescore, \
+        rescore_nnlm, score_nbest, write_nbest_jsonl
     from training.data import load_cuts
 
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     # the LM first: a vocabulary mismatch fails before any decoding
     lm_model, lm_vocab = load_rescoring_lm(args.lm, args.lm_vocab, args.device)
-    model, cmvn = load_model_and_cmvn(args.model, args.data_dir, args.device)
-    graph = build_graph(args, lexicon_for_model(load_lexicon(args), model)[0])
-    arpa = os.path.join(graph.directory, "G.arpa")
-    ngram = NgramModel.load_arpa(arpa)
-    feat_ex = feature_extractor(args.num_mel_bins)
-    cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
-                        lattice=True)
-    progress = not args.no_progress
     os.makedirs(args.out, exist_ok=True)
-
     splits = {}
-    for split in (args.dev_split, args.test_split):
-        cuts = load_cuts(args.data_dir, split)
-        t0 = time.time()
-        outs = compute_outputs(model, cuts, cmvn, args.device, args.max_frames, 32, feat_ex,
-                               args.sampling_rate, progress)
-        t1 = time.time()
-        nb = nbest_outputs(outs, graph, args.nbest, cfg, progress)
-        t2 = time.time()
-        scored = score_nbest(nb, ngram, lm_model, lm_vocab, args.lm_batch_size)
-        t3 = time.time()
-        refs = cut_references(cuts)
-        missing = sorted(set(refs) - set(scored))
-        for u in missing:  # no network output: an empty n-best list
-            scored[u] = []
-        d = os.path.join(args.out, split)
-        os.makedirs(d, exist_ok=True)
-        write_nbest_jsonl(os.path.join(d, "nbest.jsonl"), scored, refs)
-        splits[split] = {"refs": refs, "nbest": scored,
-                         "seconds": {"forward": round(t1 - t0, 2), "nbest": round(t2 - t1, 2),
-                                     "lm_scoring": round(t3 - t2, 2)}}
-        c = counts(scored)
+    if args.nbest_from:
+        prev_path = os.path.join(args.nbest_from, "rescore.json")
+        try:
+            with open(prev_path) as f:
+                prev = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"rescore.py: --nbest-from {args.nbest_from}: cannot read rescore.json ({e})")
+        graph_dir, arpa, cfg_json, nbest_n = prev["graph_dir"], prev["arpa"], prev["decoder"], prev["nbest"]
+        am_model = prev.get("model")
+        for split in (args.dev_split, args.test_split):
+            path = os.path.join(args.nbest_from, split, "nbest.jsonl")
+            if not os.path.isfile(path):
+                raise SystemExit(f"rescore.py: --nbest-from: {path} does not exist")
+            refs = cut_references(load_cuts(args.data_dir, split))
+            prev_nb = read_nbest_jsonl(path)
+            if set(prev_nb) != set(refs):
+                raise SystemExit(f"rescore.py: {path} has {len(prev_nb)} utterances, {args.data_dir} {split} "
+                                 f"{len(refs)}: not the same set")
+            t0 = time.time()
+            scored = rescore_nnlm(prev_nb, lm_model, lm_vocab, args.lm_batch_size)
+            d = os.path.join(args.out, split)
+            os.makedirs(d, exist_ok=True)
+            write_nbest_jsonl(os.path.join(d, "nbest.jsonl"), scored, refs)
+            splits[split] = {"refs": refs, "nbest": scored, "seconds": {"lm_scoring": round(time.time() - t0, 2)}}
+    else:
+        am_model = args.model
+        model, cmvn = load_model_and_cmvn(args.model, args.data_dir, args.device)
+        graph = build_graph(args, lexicon_for_model(load_lexicon(args), model)[0])
+        graph_dir, arpa = graph.directory, os.path.join(graph.directory, "G.arpa")
+        ngram = NgramModel.load_arpa(arpa)
+        feat_ex = feature_extractor(args.num_mel_bins)
+        cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
+                            lattice=True)
+        cfg_json, nbest_n = dict(cfg.__dict__), args.nbest
+        progress = not args.no_progress
+        for split in (args.dev_split, args.test_split):
+            cuts = load_cuts(args.data_dir, split)
+            t0 = time.time()
+            outs = compute_outputs(model, cuts, cmvn, args.device, args.max_frames, 32, feat_ex,
+                                   args.sampling_rate, progress)
+            t1 = time.time()
+            nb = nbest_outputs(outs, graph, args.nbest, cfg, progress)
+            t2 = time.time()
+            scored = score_nbest(nb, ngram, lm_model, lm_vocab, args.lm_batch_size)
+            t3 = time.time()
+            refs = cut_references(cuts)
+            missing = sorted(set(refs) - set(scored))
+            for u in missing:  # no network output: an empty n-best list
+                scored[u] = []
+            d = os.path.join(args.out, split)
+            os.makedirs(d, exist_ok=True)
+            write_nbest_jsonl(os.path.join(d, "nbest.jsonl"), scored, refs)
+            splits[split] = {"refs": refs, "nbest": scored,
+                             "seconds": {"forward": round(t1 - t0, 2), "nbest": round(t2 - t1, 2),
+                                         "lm_scoring": round(t3 - t2, 2)}}
+    for split, s in splits.items():
+        c = counts(s["nbest"])
         log.info("%s: %d utterances, %d hypotheses, %d empty n-best lists, %d OOV words for the LM",
                  split, c["utterances"], c["hypotheses"], c["empty_nbest"], c["oov_words"])
 
@@ -131,8 +170,8 @@ def main(argv=None):
     log.info("dev grid best: lm_weight %g alpha %g WER %.2f%% (%d utterances changed)", lw, alpha, gs.best.wer,
              gs.best.changed)
 
-    report = {"model": args.model, "lm": args.lm, "data_dir": args.data_dir, "graph_dir": graph.directory,
-              "arpa": arpa, "nbest": args.nbest, "decoder": dict(cfg.__dict__),
+    report = {"model": am_model, "nbest_from": args.nbest_from, "lm": args.lm, "data_dir": args.data_dir,
+              "graph_dir": graph_dir, "arpa": arpa, "nbest": nbest_n, "decoder": cfg_json,
               "weights": {"lm_weight": lw, "alpha": alpha, "tuned_on": args.dev_split},
               "formula": "acoustic + lm_weight * (graph - ngram + (1 - alpha) * ngram + alpha * nnlm)",
               "grid": gs.to_json()}

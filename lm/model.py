@@ -10,17 +10,30 @@ Architecture (decoder-only, pre-LayerNorm)::
 Every weight matrix is its own module with a stable name (``blocks.{i}.attn.{q,k,v,out}_proj``,
 ``blocks.{i}.ff.ff_in``, ``blocks.{i}.ff.ff_out``, ``tok_emb``, ``pos_emb``, ``lm_head``), so each can be
 quantized at its own bit-width and the feed-forward width ``d_ff`` can be searched per block.
+
+Per-matrix bits: ``config.weight_bits`` maps matrix names (:func:`matrix_names`, the state-dict keys of
+the weight matrices: ``tok_emb.weight``, ``blocks.0.attn.q_proj.weight``, ...) to ``{1, 2, 4, 8, 32}``;
+missing names are 32 (float). A matrix below 32 bits is used as
+``models.quantizers.fake_quant(W, bits, config.quant_per_channel, config.quant_scale)`` (per output row,
+STE gradient), the quantizer of the acoustic model. A tied ``lm_head`` is ``tok_emb.weight`` and shares
+its bit-width (and its one stored copy). ``model.quant_enabled = False`` turns fake quantization off (a
+model rebuilt from a packed file, whose weights are already on the grid). Biases and LayerNorm stay
+float32. The interface (``weight_params``, ``set_weight_bits``, ``cfg.weight_bits``) is the acoustic
+model's, so ``sensitivity.hessian`` and ``sensitivity.kl`` measure the LM unchanged.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from models.quantizers import SCALE_MODES, check_bits, fake_quant
 
 POSITIONS = ("sinusoidal", "learned")
 
@@ -38,6 +51,9 @@ class TransformerLMConfig:
     dropout: float = 0.1
     positions: str = "sinusoidal"
     tie_embeddings: bool = True
+    weight_bits: Dict[str, int] = field(default_factory=dict)  # matrix name -> bits (missing: 32)
+    quant_scale: str = "mse"        # models.quantizers scale mode of quantized matrices
+    quant_per_channel: bool = True  # one scale per output row (per word for the embedding)
 
     def __post_init__(self):
         if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
@@ -50,6 +66,20 @@ class TransformerLMConfig:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if self.quant_scale not in SCALE_MODES:
+            raise ValueError(f"quant_scale must be one of {SCALE_MODES}, got {self.quant_scale!r}")
+        self.weight_bits = {str(k): check_bits(v) for k, v in dict(self.weight_bits or {}).items()}
+        known = set(matrix_names(self))
+        bad = sorted(set(self.weight_bits) - known)
+        if bad:
+            raise ValueError(f"weight_bits names unknown matrices {bad}; the matrices are {matrix_names(self)}")
+
+    def bits_of(self, name: str) -> int:
+        """Bit-width of matrix ``name`` (32 = float)."""
+        return int(self.weight_bits.get(name, 32))
+
+    def replace(self, **changes) -> "TransformerLMConfig":
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]], source: str = "model config") -> "TransformerLMConfig":
@@ -62,6 +92,58 @@ class TransformerLMConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def matrix_names(cfg: TransformerLMConfig) -> List[str]:
+    """The LM's weight matrices (state-dict keys), in model order: the ones a bit-width is chosen for.
+    A tied ``lm_head.weight`` is ``tok_emb.weight`` and is not listed again."""
+    names = ["tok_emb.weight"]
+    if cfg.positions == "learned":
+        names.append("pos_emb.weight")
+    for i in range(cfg.n_layers):
+        names += [f"blocks.{i}.attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        names += [f"blocks.{i}.ff.ff_in.weight", f"blocks.{i}.ff.ff_out.weight"]
+    if not cfg.tie_embeddings:
+        names.append("lm_head.weight")
+    return names
+
+
+class _QuantState:
+    """Shared by every quantizable module of one model: the bits per matrix and the quantizer settings."""
+
+    def __init__(self, cfg: TransformerLMConfig):
+        self.cfg = cfg
+        self.enabled = True
+
+    def weight(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        bits = self.cfg.bits_of(name)
+        if bits == 32 or not self.enabled:
+            return w
+        return fake_quant(w, bits, self.cfg.quant_per_channel, self.cfg.quant_scale)
+
+
+class QLinear(nn.Linear):
+    """``nn.Linear`` whose weight passes through the model's quantizer (matrix ``qname``)."""
+
+    def __init__(self, d_in: int, d_out: int, qstate: _QuantState, qname: str):
+        super().__init__(d_in, d_out)
+        self.qname = qname
+        object.__setattr__(self, "_qstate", qstate)  # not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._qstate.weight(self.qname, self.weight), self.bias)
+
+
+class QEmbedding(nn.Embedding):
+    """``nn.Embedding`` whose table passes through the model's quantizer (matrix ``qname``)."""
+
+    def __init__(self, num: int, dim: int, qstate: _QuantState, qname: str):
+        super().__init__(num, dim)
+        self.qname = qname
+        object.__setattr__(self, "_qstate", qstate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, self._qstate.weight(self.qname, self.weight))
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
@@ -77,13 +159,13 @@ def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t sees positions <= t only."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, qstate: _QuantState, prefix: str):
         super().__init__()
         self.n_heads = n_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.q_proj = QLinear(d_model, d_model, qstate, prefix + "q_proj.weight")
+        self.k_proj = QLinear(d_model, d_model, qstate, prefix + "k_proj.weight")
+        self.v_proj = QLinear(d_model, d_model, qstate, prefix + "v_proj.weight")
+        self.out_proj = QLinear(d_model, d_model, qstate, prefix + "out_proj.weight")
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,10 +185,10 @@ class CausalSelfAttention(nn.Module):
 class FeedForward(nn.Module):
     """Position-wise ``ff_out(dropout(gelu(ff_in(x))))``: (B, T, D) -> (B, T, D), hidden width d_ff."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float):
+    def __init__(self, d_model: int, d_ff: int, dropout: float, qstate: _QuantState, prefix: str):
         super().__init__()
-        self.ff_in = nn.Linear(d_model, d_ff)
-        self.ff_out = nn.Linear(d_ff, d_model)
+        self.ff_in = QLinear(d_model, d_ff, qstate, prefix + "ff_in.weight")
+        self.ff_out = QLinear(d_ff, d_model, qstate, prefix + "ff_out.weight")
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,12 +198,12 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-LN decoder block: x + attn(ln(x)), then x + ff(ln(x)); (B, T, D) -> (B, T, D)."""
 
-    def __init__(self, cfg: TransformerLMConfig):
+    def __init__(self, cfg: TransformerLMConfig, qstate: _QuantState, prefix: str):
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout, qstate, prefix + "attn.")
         self.ln_ff = nn.LayerNorm(cfg.d_model)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, qstate, prefix + "ff.")
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,15 +223,18 @@ class TransformerLM(nn.Module):
         if cfg.vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (<eos>, <unk>, a word), got {cfg.vocab_size}")
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self._qstate = _QuantState(cfg)
+        q = self._qstate
+        self.tok_emb = QEmbedding(cfg.vocab_size, cfg.d_model, q, "tok_emb.weight")
         if cfg.positions == "learned":
-            self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+            self.pos_emb = QEmbedding(cfg.max_len, cfg.d_model, q, "pos_emb.weight")
         else:
             self.register_buffer("pos_table", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, q, f"blocks.{i}.") for i in range(cfg.n_layers))
         self.ln_final = nn.LayerNorm(cfg.d_model)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.lm_head = QLinear(cfg.d_model, cfg.vocab_size, q,
+                               "tok_emb.weight" if cfg.tie_embeddings else "lm_head.weight")
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -172,8 +257,32 @@ class TransformerLM(nn.Module):
     def positions(self, T: int) -> torch.Tensor:
         """(T, D) position vectors of positions 0 .. T-1."""
         if self.cfg.positions == "learned":
-            return self.pos_emb.weight[:T]
+            return self._qstate.weight("pos_emb.weight", self.pos_emb.weight)[:T]
         return self.pos_table[:T]
+
+    # --- quantization interface (the acoustic model's: sensitivity.kl / sensitivity.hessian use it) ---
+    @property
+    def quant_enabled(self) -> bool:
+        return self._qstate.enabled
+
+    @quant_enabled.setter
+    def quant_enabled(self, value: bool) -> None:
+        self._qstate.enabled = bool(value)
+
+    def weight_params(self, include_xent: bool = True) -> Dict[str, nn.Parameter]:
+        """``{matrix name: parameter}`` for :func:`matrix_names` (``include_xent`` is accepted for the
+        acoustic model's interface and ignored: the LM has no xent branch)."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        return {n: params[n] for n in matrix_names(self.cfg)}
+
+    def set_weight_bits(self, bits: Dict[str, int]) -> None:
+        """Set every matrix's bit-width (missing names: 32); unknown names or widths are errors."""
+        self.cfg = self.cfg.replace(weight_bits=dict(bits))
+        self._qstate.cfg = self.cfg
+
+    def effective_weight(self, name: str) -> torch.Tensor:
+        """The matrix ``name`` as the forward pass uses it (quantized when its bits are below 32)."""
+        return self._qstate.weight(name, self.weight_params()[name])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) int64 -> logits (B, T, V)."""

@@ -26,7 +26,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from lm.model import TransformerLMConfig
+from lm.model import TransformerLMConfig, matrix_names
 from lm.score import load_lm
 from lm.vocab import Vocab
 from quant.onnx_export import OPSET, OnnxGraph
@@ -52,7 +52,9 @@ def export_lm_onnx(model_path: str, out_path: str) -> dict:
 
     model, vocab = load_lm(model_path)
     cfg = model.cfg
-    sd = model.state_dict()
+    sd = dict(model.state_dict())
+    for name in matrix_names(cfg):  # the matrices as the forward pass uses them (quantized ones on their grid)
+        sd[name] = model.effective_weight(name).detach()
     g = OnnxGraph()
     i64 = np.int64
 
@@ -68,7 +70,7 @@ def export_lm_onnx(model_path: str, out_path: str) -> dict:
 
     T = g.op("Shape", ["tokens"], "T", start=1, end=2)  # (1,)
     h = g.op("Gather", [g.const(_np(sd["tok_emb.weight"]), "tok_emb"), "tokens"], "emb", axis=0)
-    table = _np(model.pos_emb.weight) if cfg.positions == "learned" else _np(model.pos_table)
+    table = _np(sd["pos_emb.weight"]) if cfg.positions == "learned" else _np(model.pos_table)
     pos = g.op("Slice", [g.const(table, "positions"), g.const([0], "c", i64), T, g.const([0], "c", i64)], "pos")
     h = g.op("Add", [h, pos], "h")
     # causal mask (T, T): -inf where key position j > query position i

@@ -130,6 +130,18 @@ def score_nbest(nbest: Mapping[str, Sequence], ngram_model, model, vocab, batch_
     return out
 
 
+def rescore_nnlm(nbest: Mapping[str, Sequence[ScoredHypothesis]], model, vocab, batch_size: int = 64
+                 ) -> Dict[str, List[ScoredHypothesis]]:
+    """The same n-best lists with the Transformer costs (``nnlm``, ``oov``) of another LM; the acoustic,
+    graph and n-gram costs are kept (e.g. lists read back with :func:`read_nbest_jsonl`)."""
+    flat = [(u, h) for u in nbest for h in nbest[u]]
+    nn, oov = nnlm_costs(model, vocab, [list(h.words) for _, h in flat], batch_size)
+    out: Dict[str, List[ScoredHypothesis]] = {u: [] for u in nbest}
+    for (u, h), b, o in zip(flat, nn, oov):
+        out[u].append(ScoredHypothesis(list(h.words), float(h.acoustic), float(h.graph), float(h.ngram), b, o))
+    return out
+
+
 # ----------------------------------------------------------------------------- selection
 def rescore(nbest: Mapping[str, Sequence[ScoredHypothesis]], lm_weight: float = 1.0, alpha: float = 0.0
             ) -> Dict[str, List[str]]:

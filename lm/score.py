@@ -95,11 +95,15 @@ def save_lm(model: TransformerLM, vocab: Vocab, path) -> None:
 
 
 def load_lm(path, device="cpu", vocab: Optional[Vocab] = None) -> Tuple[TransformerLM, Vocab]:
-    """(model in eval mode, its vocabulary) from ``model.pt``.
+    """(model in eval mode, its vocabulary) from ``model.pt``, or from a packed low-bit LM
+    (``model.safetensors`` of quantize_lm.py, ``lm.quant.load_packed_lm``).
 
     With ``vocab`` given, it must equal the model's vocabulary (ids index the embedding rows): a
     different one is refused with the first difference named."""
     p = Path(path)
+    if p.suffix == ".safetensors":  # a packed low-bit LM (quantize_lm.py)
+        from lm.quant import load_packed_lm
+        return load_packed_lm(p, device, vocab)
     obj = load(p)
     if obj.get("format") != MODEL_FORMAT:
         raise ValueError(f"{p} is not a language model file written by train_lm.py (format={obj.get('format')!r})")

@@ -1,4 +1,5 @@
-"""THE cost model: parameters and bytes of a TDNN-F model at any per-layer (bits, bottleneck) choice.
+"""THE cost model: parameters and bytes of a TDNN-F model at any per-layer (bits, bottleneck) choice, and of
+any model given its tensor layout (:func:`layout_size`; the Transformer LM's is ``lm.quant.lm_layout``).
 
 Bytes = exactly the payload of the packed safetensors file written by :mod:`quant.packing` (file size minus
 the 8-byte length prefix and the JSON header), tensor by tensor:
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from models.tdnnf import TDNNFConfig, TensorInfo, layer_groups, tensor_layout
 from models.quantizers import check_bits
@@ -87,18 +88,30 @@ def count_parameters(cfg: TDNNFConfig, include_xent: bool = True) -> int:
     return sum(int(math.prod(t.shape)) for t in tensor_layout(cfg, include_xent) if t.kind in ("weight", "bias"))
 
 
-def model_size(cfg: TDNNFConfig, include_xent: bool = False) -> SizeReport:
-    """Packed size of the model described by ``cfg`` (its bottleneck dims and ``weight_bits``)."""
+def layout_size(layout: Sequence[TensorInfo], bits_of: Callable[[str], int], per_channel: bool = True,
+                num_parameters: Optional[int] = None) -> SizeReport:
+    """Packed size of any model given its tensor layout (every stored tensor, ``TensorInfo``) and the
+    bit-width of each weight (``bits_of(name)``; other kinds are float32). The acoustic model
+    (:func:`model_size`) and the Transformer LM (``lm.quant.lm_size``) are both costed here.
+    ``num_parameters`` defaults to the elements of every tensor of kind weight or bias."""
     per_layer: Dict[str, int] = {}
     per_tensor: Dict[str, int] = {}
     total = fp32 = 0
-    for t in tensor_layout(cfg, include_xent):
-        b = tensor_bytes(t, cfg.bits_of(t.name), cfg.quant_per_channel)
+    for t in layout:
+        b = tensor_bytes(t, bits_of(t.name) if t.kind == "weight" else 32, per_channel)
         per_tensor[t.name] = b
         per_layer[t.group] = per_layer.get(t.group, 0) + b
         total += b
         fp32 += tensor_bytes(t, 32)
-    return SizeReport(total, fp32, count_parameters(cfg, include_xent), per_layer, per_tensor)
+    if num_parameters is None:
+        num_parameters = sum(int(math.prod(t.shape)) for t in layout if t.kind in ("weight", "bias"))
+    return SizeReport(total, fp32, int(num_parameters), per_layer, per_tensor)
+
+
+def model_size(cfg: TDNNFConfig, include_xent: bool = False) -> SizeReport:
+    """Packed size of the model described by ``cfg`` (its bottleneck dims and ``weight_bits``)."""
+    return layout_size(tensor_layout(cfg, include_xent), cfg.bits_of, cfg.quant_per_channel,
+                       count_parameters(cfg, include_xent))
 
 
 def fp32_bytes(cfg: TDNNFConfig, include_xent: bool = False) -> int:

@@ -25,11 +25,11 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, tensor_layout, weight_names
+from models.tdnnf import TDNNF, TDNNFConfig, TensorInfo, tensor_layout, weight_names
 from quant.cost_model import model_size, stored_tensors
 from models.quantizers import check_bits, dequantize, qmax_for, quantize_to_codes
 
@@ -97,37 +97,54 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 # export / load
 # ---------------------------------------------------------------------------------------------------------
 
-def export_packed(model: TDNNF, path: str, include_xent: bool = False,
-                  extra_metadata: Optional[Dict[str, str]] = None) -> int:
-    """Write ``model`` (its config's bits and bottlenecks) to ``path``; returns the payload bytes, equal to
-    ``quant.cost_model.model_size(model.cfg, include_xent).total_bytes``."""
-    from safetensors.torch import save_file
-
-    cfg = model.cfg
-    live = model.named_tensors(include_xent=include_xent)
+def pack_tensors(layout: Sequence[TensorInfo], live: Dict[str, torch.Tensor], bits_of: Callable[[str], int],
+                 per_channel: bool, scale: str, what: str = "model") -> Dict[str, torch.Tensor]:
+    """The safetensors entries of a model: every tensor of ``layout`` taken from ``live`` (name -> tensor),
+    a weight below 32 bits as ``<name>.codes`` + ``<name>.scales``, everything else float32. Shared by the
+    acoustic model's and the LM's packed files; non-finite values or shapes off the layout are errors."""
     tensors: Dict[str, torch.Tensor] = {}
-    for info in tensor_layout(cfg, include_xent):
+    for info in layout:
         t = live[info.name].detach().to("cpu", torch.float32)
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"refusing to write {path}: non-finite values in tensor {info.name}")
+            raise ValueError(f"refusing to write {what}: non-finite values in tensor {info.name}")
         if tuple(t.shape) != info.shape:
             raise ValueError(f"{info.name}: model tensor {tuple(t.shape)} != layout {info.shape}")
-        bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
+        bits = bits_of(info.name) if info.kind == "weight" else 32
         if bits < 32:
-            codes, scales = quantize_to_codes(t, bits, cfg.quant_per_channel, cfg.quant_scale)
+            codes, scales = quantize_to_codes(t, bits, per_channel, scale)
             tensors[info.name + ".codes"] = pack_codes(codes, bits)
             tensors[info.name + ".scales"] = scales.to(torch.float16)
         else:
             tensors[info.name] = t.contiguous().clone()
-    size = model_size(cfg, include_xent).total_bytes
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_json(),
-            "include_xent": json.dumps(bool(include_xent)), "payload_bytes": str(size)}
+    return tensors
+
+
+def save_packed_file(path: str, tensors: Dict[str, torch.Tensor], meta: Dict[str, str],
+                     extra_metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write ``tensors`` with the string metadata ``meta`` plus caller extras (JSON-encoded unless strings;
+    a key of ``meta`` is reserved)."""
+    from safetensors.torch import save_file
+
+    meta = dict(meta)
     for k, v in (extra_metadata or {}).items():
         if k in meta:
             raise ValueError(f"extra metadata key {k!r} is reserved")
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(tensors, path, metadata=meta)
+
+
+def export_packed(model: TDNNF, path: str, include_xent: bool = False,
+                  extra_metadata: Optional[Dict[str, str]] = None) -> int:
+    """Write ``model`` (its config's bits and bottlenecks) to ``path``; returns the payload bytes, equal to
+    ``quant.cost_model.model_size(model.cfg, include_xent).total_bytes``."""
+    cfg = model.cfg
+    tensors = pack_tensors(tensor_layout(cfg, include_xent), model.named_tensors(include_xent=include_xent),
+                           cfg.bits_of, cfg.quant_per_channel, cfg.quant_scale, path)
+    size = model_size(cfg, include_xent).total_bytes
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_json(),
+            "include_xent": json.dumps(bool(include_xent)), "payload_bytes": str(size)}
+    save_packed_file(path, tensors, meta, extra_metadata)
     return size
 
 
@@ -179,13 +196,59 @@ class PackedTensor:
     scales: Optional[torch.Tensor] = None
 
 
+def unpack_tensors(path: str, layout: Sequence[TensorInfo], bits_of: Callable[[str], int],
+                   per_channel: bool) -> List[PackedTensor]:
+    """Every tensor of ``layout`` read from the packed file ``path`` and checked (names, dtypes, shapes,
+    code ranges, padding, finiteness), in layout order. Raises PackedModelError on any bad input. The
+    acoustic model's (:func:`read_packed`) and the LM's packed files are read through it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise PackedModelError(f"{path}: cannot read tensors: {e}") from None
+    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise PackedModelError(f"{path}: non-finite values in tensor(s) {', '.join(bad[:5])}")
+    expected = {}
+    for info in layout:
+        bits = bits_of(info.name) if info.kind == "weight" else 32
+        for name, dt, shape in stored_tensors(info, bits, per_channel):
+            expected[name] = (dt, shape)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise PackedModelError(f"{path}: header/architecture mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, (dt, shape) in expected.items():
+        t = tensors[name]
+        if t.dtype != _DTYPES[dt] or tuple(t.shape) != shape:
+            raise PackedModelError(f"{path}: tensor {name} is {t.dtype} {tuple(t.shape)}, expected "
+                                   f"{_DTYPES[dt]} {shape}")
+    out: List[PackedTensor] = []
+    for info in layout:
+        bits = bits_of(info.name) if info.kind == "weight" else 32
+        if bits < 32:
+            n = int(math.prod(info.shape))
+            scales = tensors[info.name + ".scales"].to(torch.float32)
+            try:
+                codes = unpack_codes(tensors[info.name + ".codes"], bits, n).reshape(info.shape)
+                w = dequantize(codes, scales, bits)
+            except ValueError as e:
+                raise PackedModelError(f"{path}: {info.name}: {e}") from None
+            pt = PackedTensor(info.name, info.kind, bits, w, codes, scales)
+        else:
+            pt = PackedTensor(info.name, info.kind, 32, tensors[info.name])
+        if not bool(torch.isfinite(pt.value).all()):
+            raise PackedModelError(f"{path}: {info.name} holds non-finite values")
+        out.append(pt)
+    return out
+
+
 def read_packed(path: str) -> Tuple[TDNNFConfig, bool, Dict[str, str], List[PackedTensor]]:
     """``(config, include_xent, metadata, tensors in tensor_layout order)`` of a packed file, every tensor
     checked against the architecture (names, dtypes, shapes, code ranges, padding, finiteness). Raises
     PackedModelError on any bad input. :func:`load_packed` and the ONNX exporter read files through it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     header = read_header(path)
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT:
@@ -202,45 +265,7 @@ def read_packed(path: str) -> Tuple[TDNNFConfig, bool, Dict[str, str], List[Pack
                                                        if k not in xent_names})
     except (KeyError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as e:
         raise PackedModelError(f"{path}: bad architecture metadata: {e}") from None
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise PackedModelError(f"{path}: cannot read tensors: {e}") from None
-    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
-    if bad:
-        raise PackedModelError(f"{path}: non-finite values in tensor(s) {', '.join(bad[:5])}")
-    expected = {}
-    layout = tensor_layout(cfg, include_xent)
-    for info in layout:
-        bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
-        for name, dt, shape in stored_tensors(info, bits, cfg.quant_per_channel):
-            expected[name] = (dt, shape)
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise PackedModelError(f"{path}: header/architecture mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
-    for name, (dt, shape) in expected.items():
-        t = tensors[name]
-        if t.dtype != _DTYPES[dt] or tuple(t.shape) != shape:
-            raise PackedModelError(f"{path}: tensor {name} is {t.dtype} {tuple(t.shape)}, expected "
-                                   f"{_DTYPES[dt]} {shape}")
-    out: List[PackedTensor] = []
-    for info in layout:
-        bits = cfg.bits_of(info.name) if info.kind == "weight" else 32
-        if bits < 32:
-            n = int(math.prod(info.shape))
-            scales = tensors[info.name + ".scales"].to(torch.float32)
-            try:
-                codes = unpack_codes(tensors[info.name + ".codes"], bits, n).reshape(info.shape)
-                w = dequantize(codes, scales, bits)
-            except ValueError as e:
-                raise PackedModelError(f"{path}: {info.name}: {e}") from None
-            pt = PackedTensor(info.name, info.kind, bits, w, codes, scales)
-        else:
-            pt = PackedTensor(info.name, info.kind, 32, tensors[info.name])
-        if not bool(torch.isfinite(pt.value).all()):
-            raise PackedModelError(f"{path}: {info.name} holds non-finite values")
-        out.append(pt)
+    out = unpack_tensors(path, tensor_layout(cfg, include_xent), cfg.bits_of, cfg.quant_per_channel)
     return cfg, include_xent, dict(meta), out
 
 

@@ -16,7 +16,7 @@ only (``t < out_lengths[b]``). The model is in eval mode (BatchNorm running stat
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +60,19 @@ def kl_divergence_frames(logp_ref: torch.Tensor, logq: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def kl_sensitivity(model, layers, batches: Iterable[dict], device: Optional[Union[str, torch.device]] = None,
-                   max_batches: Optional[int] = None, progress=None) -> Dict[str, Dict[int, float]]:
+                   max_batches: Optional[int] = None, progress=None,
+                   log_probs: Optional[Callable[[object, dict], torch.Tensor]] = None) -> Dict[str, Dict[int, float]]:
     """``{layer: {bits: mean per-frame KL(P_fp || P_quantized)}}`` over the valid frames of ``batches``.
 
     ``model``: a TDNNF (``set_weight_bits``, ``cfg.weight_bits``); its weight bits and train/eval mode are
     restored on return. ``layers``: see :func:`layer_specs`. ``batches``: dicts with ``feats (B,T,F)`` and
     ``lengths (B,)`` (held-out data, e.g. the dev split). ``progress(layer, bits, kl)`` is called after
-    each measurement when given."""
+    each measurement when given.
+
+    Any other model with the same quantization interface (``weight_params``, ``set_weight_bits``,
+    ``cfg.weight_bits``, ``quant_enabled``; the Transformer LM) is measured by passing
+    ``log_probs(model, batch) -> (N, C)`` log-probabilities of its N predictions (float64); the batches
+    are then given to it as they are (the LM: next-word distributions at the non-padding positions)."""
     specs = layer_specs(layers)
     known = set(model.weight_params(include_xent=True))
     for name, ws, _ in specs:
@@ -79,7 +85,10 @@ def kl_sensitivity(model, layers, batches: Iterable[dict], device: Optional[Unio
     for i, b in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        data.append(_to(b, device))
+        data.append(_to(b, device) if log_probs is None else b)
+    if log_probs is None:
+        def log_probs(m, d):
+            return _valid_log_probs(m, *d)
     if not data:
         raise ValueError("no batches to measure the KL divergence on")
 
@@ -90,7 +99,7 @@ def kl_sensitivity(model, layers, batches: Iterable[dict], device: Optional[Unio
     model.quant_enabled = True
     try:
         model.set_weight_bits({})
-        ref = [_valid_log_probs(model, f, l) for f, l in data]
+        ref = [log_probs(model, d) for d in data]
         frames = sum(r.shape[0] for r in ref)
         if frames == 0:
             raise ValueError("the batches have no valid output frames")
@@ -103,8 +112,8 @@ def kl_sensitivity(model, layers, batches: Iterable[dict], device: Optional[Unio
                 else:
                     model.set_weight_bits({w: bits for w in ws})
                     total = 0.0
-                    for (f, l), r in zip(data, ref):
-                        total += float(kl_divergence_frames(r, _valid_log_probs(model, f, l)).sum())
+                    for d, r in zip(data, ref):
+                        total += float(kl_divergence_frames(r, log_probs(model, d)).sum())
                     kl = total / frames
                 out[name][int(bits)] = kl
                 if progress is not None:

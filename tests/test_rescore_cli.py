@@ -77,3 +77,54 @@ def test_rescore_through_the_lms_onnx_export_matches_the_pytorch_lm(tiny_corpus,
         scores = [(x["nnlm"], y["nnlm"]) for ra, rb in zip(a, b) for x, y in zip(ra["hyps"], rb["hyps"])]
         assert len(a) == len(b) and scores
         assert max(abs(x - y) for x, y in scores) < 1e-3
+
+
+QAT_CONFIG = "train:\n  epochs: 1\n  batch_size: 32\n  warmup_steps: 1\n  checkpoint_every: 100\n  log_every: 1\n"
+
+
+def test_quantized_lms_rescore_the_same_nbest_lists(tiny_corpus, models, tmp_path):
+    """quantize_lm.py (uniform and KL mixed precision, with and without QAT) writes packed LMs whose size is
+    the cost model's; rescore.py --nbest-from rescores a first run's lists with them, and with the first
+    run's own LM it reproduces that run exactly."""
+    first = tmp_path / "first"
+    run_cli(["rescore.py", "--model", models / "am" / "model.pt", "--lm", models / "lm" / "model.pt",
+             "--data-dir", tiny_corpus, "--out", first, "--nbest", 5, "--graph-cache", tmp_path / "graphs",
+             "--beam", 8, "--lattice-beam", 4, "--lm-weights", "0.5,1,2", "--alphas", "0,0.5,1", "--no-progress"])
+    same = tmp_path / "same"
+    run_cli(["rescore.py", "--nbest-from", first, "--lm", models / "lm" / "model.pt", "--data-dir", tiny_corpus,
+             "--out", same, "--lm-weights", "0.5,1,2", "--alphas", "0,0.5,1"])
+    a, b = (json.loads((d / "rescore.json").read_text()) for d in (first, same))
+    assert a["weights"] == b["weights"] and a["grid"] == b["grid"]
+    for split in ("dev", "test"):
+        assert a[split]["wer"] == b[split]["wer"]
+        assert (first / split / "nbest.jsonl").read_text() == (same / split / "nbest.jsonl").read_text()
+    (tmp_path / "qat.yaml").write_text(QAT_CONFIG)
+    sizes = {}
+    for name, args in (("uniform2", ["--method", "uniform", "--bits", 2, "--epochs", 0]),
+                       ("kl_r8", ["--method", "kl", "--budget-ratio", 8])):
+        out = tmp_path / name
+        run_cli(["quantize_lm.py", "--init", models / "lm" / "model.pt", "--data-dir", tiny_corpus, "--out", out,
+                 "--config", tmp_path / "qat.yaml", "--no-progress", *args])
+        size = json.loads((out / "size.json").read_text())
+        bits = json.loads((out / "lm_bits.json").read_text())
+        from lm.quant import lm_size, load_packed_lm
+        from quant.packing import payload_bytes
+        model, _ = load_packed_lm(out / "model.safetensors")
+        assert size["bytes"] == payload_bytes(str(out / "model.safetensors")) == lm_size(model.cfg).total_bytes
+        assert model.cfg.weight_bits == bits["weight_bits"] == size["weight_bits"]
+        ppl = json.loads((out / "ppl.json").read_text())
+        assert all(ppl[s]["ppl"] > 1 for s in ("dev", "test"))
+        sizes[name] = size
+        res = tmp_path / ("rescore_" + name)
+        run_cli(["rescore.py", "--nbest-from", first, "--lm", out / "model.safetensors", "--data-dir", tiny_corpus,
+                 "--out", res, "--lm-weights", "0.5,1,2", "--alphas", "0,0.5,1"])
+        rep = json.loads((res / "rescore.json").read_text())
+        assert rep["nbest_from"] == str(first) and rep["model"] == a["model"]
+        for split in ("dev", "test"):
+            assert rep[split]["wer"]["first_pass"] == a[split]["wer"]["first_pass"]
+            assert rep[split]["wer"]["oracle"] == a[split]["wer"]["oracle"]
+    assert set(sizes["uniform2"]["weight_bits"].values()) == {2}
+    assert sizes["kl_r8"]["bytes"] <= sizes["kl_r8"]["fp32_bytes"] / 8
+    assert (tmp_path / "kl_r8" / "sensitivity.json").is_file() and (tmp_path / "kl_r8" / "checkpoint.pt").is_file()
+    with pytest.raises(AssertionError, match="exactly one of --model"):
+        run_cli(["rescore.py", "--lm", models / "lm" / "model.pt", "--data-dir", tiny_corpus, "--out", tmp_path / "y"])

@@ -35,6 +35,25 @@ def save_atomic(obj: Dict[str, Any], path) -> None:
         raise
 
 
+def write_json_atomic(obj: Any, path) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (tmp file + fsync + os.replace)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class NonFiniteTensorError(ValueError):
     """A model about to be written holds NaN or infinite values."""
 
