@@ -97,6 +97,7 @@ def main(argv=None):
     from lm.rescore import counts, first_pass, grid_search, load_rescoring_lm, oracle, read_nbest_jsonl, rescore, \
         rescore_nnlm, score_nbest, write_nbest_jsonl
     from training.data import load_cuts
+    from training.safe_io import write_json_atomic
 
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -192,8 +193,7 @@ def main(argv=None):
         log.info("%s WER: first pass %.2f%%, rescored %.2f%%, oracle %.2f%% (MAPSSWE p=%.4g)", split,
                  wers["first_pass"]["wer"], wers["rescored"]["wer"], wers["oracle"]["wer"],
                  sig["mapsswe"]["p_value"])
-    with open(os.path.join(args.out, "rescore.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json_atomic(report, os.path.join(args.out, "rescore.json"))  # last: its presence marks a finished run
     print(json.dumps({sp: report[sp]["wer"] for sp in splits} | {"weights": report["weights"]}, indent=1))
     return 0
 

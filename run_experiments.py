@@ -16,6 +16,16 @@ both cores busy while one of them decodes.
 A system of kind ``onnx`` (``onnx_from: <system>``, optional ``onnx_args`` for export_onnx.py) exports
 another system's packed model to ONNX with low-bit kernels and decodes through onnxruntime, so the table
 shows that the deployed file recognises what the packed model does; its bytes are the ONNX file's.
+
+An ``lm:`` section adds the Transformer LM half of the system (docs/LM.md): ``systems`` (one ``fp32`` LM,
+trained by train_lm.py with ``train_config``, then ``uniform`` / ``kl`` / ``hessian`` LMs quantized from
+it by quantize_lm.py with ``quant_config``), ``acoustic`` (systems above whose n-best lists are rescored
+with every LM: the fp32 LM's rescore.py run decodes, the others rescore the same lists), ``reference``
+(``[acoustic system, LM]``, default the first of each) and ``rescore_args``. Outputs: ``lm/<name>/``,
+``<system>/rescore_<lm>/`` and ``system_results.{md,csv,json}``: AM, LM and system bytes, the system
+compression ratio ((fp32 AM + fp32 LM) / (AM + LM), cost-model payloads), first-pass and rescored WER,
+and the significance of each rescored WER against the reference pair and against the same acoustic
+model with the fp32 LM. ``--only lm`` runs just this part.
 """
 from __future__ import annotations
 
@@ -39,10 +49,16 @@ PY = sys.executable
 KINDS = ("fp32", "uniform", "kl", "hessian", "nas", "onnx")
 TOP_KEYS = {"data_dir", "systems", "space", "splits", "retrain_config", "search_config", "finetune_config",
             "retrain_args", "decode_args", "reference", "search_from_fp32", "finetune_from_fp32",
-            "distill_from_fp32", "device", "out", "real_speech"}
+            "distill_from_fp32", "device", "out", "real_speech", "lm"}
 # real_speech: a second test set of real human speech (prepare_data.py --corpus asterisk), decoded for
 # every system; a system is lossless only where it is lossless on the synthetic splits and on it.
 REAL_KEYS = {"data_dir", "split", "lm_text", "decode_args"}
+# lm: the Transformer LM half of the system (docs/LM.md): LM systems (fp32 trained by train_lm.py, the others
+# quantized from it by quantize_lm.py), every acoustic system of `acoustic` rescored with every LM
+# (rescore.py; the fp32 LM's run decodes, the others rescore its n-best lists), and a system table.
+LM_KEYS = {"systems", "acoustic", "reference", "train_config", "quant_config", "rescore_args"}
+LM_KINDS = ("fp32", "uniform", "kl", "hessian")
+LM_SYSTEM_KEYS = {"name", "kind", "bits", "budget_ratio", "budget_bytes", "quant_args"}
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
                "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference", "onnx_from", "onnx_args"}
@@ -78,6 +94,8 @@ def load_config(path) -> Dict[str, Any]:
         if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
             raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
         _check_budget(path, s)
+    if cfg.get("lm") is not None:
+        _check_lm(path, cfg["lm"], names)
     real = cfg.get("real_speech")
     if real is not None:
         if not isinstance(real, dict) or "data_dir" not in real:
@@ -86,6 +104,39 @@ def load_config(path) -> Dict[str, Any]:
         if unknown:
             raise ValueError(f"{path}: real_speech: unknown key(s) {unknown}; known: {sorted(REAL_KEYS)}")
     return cfg
+
+
+def _check_lm(path, lm, am_names) -> None:
+    """The ``lm:`` section: known keys, LM systems (exactly one fp32, listed first), acoustic systems that
+    exist, a reference pair (acoustic system, LM system)."""
+    if not isinstance(lm, dict) or not isinstance(lm.get("systems"), list) or not lm["systems"]:
+        raise ValueError(f"{path}: lm must be a mapping with a non-empty list of systems")
+    unknown = sorted(set(lm) - LM_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: lm: unknown key(s) {unknown}; known: {sorted(LM_KEYS)}")
+    names = []
+    for i, s in enumerate(lm["systems"]):
+        if not isinstance(s, dict) or s.get("kind") not in LM_KINDS or "name" not in s:
+            raise ValueError(f"{path}: lm.systems[{i}] needs a name and a kind in {LM_KINDS}")
+        bad = sorted(set(s) - LM_SYSTEM_KEYS)
+        if bad:
+            raise ValueError(f"{path}: lm system {s['name']}: unknown key(s) {bad}; known: {sorted(LM_SYSTEM_KEYS)}")
+        if s["name"] in names:
+            raise ValueError(f"{path}: duplicate lm system name {s['name']!r}")
+        names.append(s["name"])
+        if s["kind"] == "uniform" and "bits" not in s:
+            raise ValueError(f"{path}: lm system {s['name']} (uniform) needs bits")
+        if s["kind"] in ("kl", "hessian") and ("budget_ratio" in s) == ("budget_bytes" in s):
+            raise ValueError(f"{path}: lm system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
+        _check_budget(path, s)
+    if [s["kind"] for s in lm["systems"]].count("fp32") != 1 or lm["systems"][0]["kind"] != "fp32":
+        raise ValueError(f"{path}: lm.systems needs exactly one fp32 LM, listed first (the others start from it)")
+    ams = lm.get("acoustic")
+    if not isinstance(ams, list) or not ams or not set(ams) <= set(am_names):
+        raise ValueError(f"{path}: lm.acoustic must list systems of the config, got {ams!r}")
+    ref = lm.get("reference")
+    if ref is not None and (not isinstance(ref, list) or len(ref) != 2 or ref[0] not in ams or ref[1] not in names):
+        raise ValueError(f"{path}: lm.reference must be [an lm.acoustic system, an lm system], got {ref!r}")
 
 
 def _check_budget(path, s) -> None:
@@ -101,6 +152,19 @@ def _check_budget(path, s) -> None:
         if not ok:
             raise ValueError(f"{path}: system {s['name']}: {key} must be a finite number "
                              f"{'>' if strict else '>='} {low}, got {v!r}")
+
+
+def compare_dirs(d: Path, ref_dir: Path):
+    """(MAPSSWE p, paired-bootstrap p, WER change in points) of the hypotheses in ``d`` against those in
+    ``ref_dir`` (each holding refs.txt and hyps.txt of one evaluated set)."""
+    from decoding.significance import compare_systems
+    from decoding.wer import corpus_wer, read_text_file
+
+    refs = read_text_file(str(d / "refs.txt"))
+    hyp, base = read_text_file(str(d / "hyps.txt")), read_text_file(str(ref_dir / "hyps.txt"))
+    cmp = compare_systems(refs, hyp, base)
+    delta = corpus_wer(refs, hyp)["wer"] - corpus_wer(refs, base)["wer"]
+    return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], delta
 
 
 def run(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "") -> None:
@@ -345,19 +409,158 @@ class Runner:
         """(MAPSSWE p, paired-bootstrap p, WER change in points) of ``name`` against ``reference`` (default:
         the experiment's reference system) on ``split``; Nones for the reference itself or while the
         reference is not decoded."""
-        from decoding.significance import compare_systems
-        from decoding.wer import corpus_wer, read_text_file
-
         reference = reference or self.reference
         ref_dir = self.sys_dir(reference) / f"decode_{split}"
         if name == reference or not (ref_dir / "hyps.txt").is_file():
             return None, None, None
-        d = self.sys_dir(name) / f"decode_{split}"
-        refs = read_text_file(str(d / "refs.txt"))
-        hyp, base = read_text_file(str(d / "hyps.txt")), read_text_file(str(ref_dir / "hyps.txt"))
-        cmp = compare_systems(refs, hyp, base)
-        delta = corpus_wer(refs, hyp)["wer"] - corpus_wer(refs, base)["wer"]
-        return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], delta
+        return compare_dirs(self.sys_dir(name) / f"decode_{split}", ref_dir)
+
+    # ----------------------------------------------------------------- LM and whole system
+    def lm_systems(self) -> List[Dict[str, Any]]:
+        return list((self.cfg.get("lm") or {}).get("systems", []))
+
+    def lm_dir(self, name: str) -> Path:
+        return self.out / "lm" / name
+
+    def lm_file(self, l) -> Path:
+        return self.lm_dir(l["name"]) / ("model.pt" if l["kind"] == "fp32" else "model.safetensors")
+
+    def rescore_dir(self, am: str, lm_name: str) -> Path:
+        return self.sys_dir(am) / f"rescore_{lm_name}"
+
+    def lm_reference(self):
+        lm = self.cfg["lm"]
+        return tuple(lm.get("reference") or [lm["acoustic"][0], self.lm_systems()[0]["name"]])
+
+    def run_lm(self, l) -> None:
+        """Train the float LM (train_lm.py) or quantize it (quantize_lm.py) into out/lm/<name>."""
+        d = self.lm_dir(l["name"])
+        if (d / "size.json").is_file() and (d / "ppl.json").is_file():
+            return
+        lm = self.cfg["lm"]
+        if l["kind"] == "fp32":
+            cmd = [PY, "train_lm.py", "--data-dir", self.data_dir, "--out", str(d), "--device", self.device]
+            if lm.get("train_config"):
+                cmd += ["--config", str(lm["train_config"])]
+            what = "train the LM"
+        else:
+            fp32 = self.lm_systems()[0]
+            cmd = [PY, "quantize_lm.py", "--init", str(self.lm_file(fp32)), "--data-dir", self.data_dir, "--out",
+                   str(d), "--device", self.device, "--method", l["kind"]]
+            if l["kind"] == "uniform":
+                cmd += ["--bits", str(int(l["bits"]))]
+            elif "budget_ratio" in l:
+                cmd += ["--budget-ratio", str(l["budget_ratio"])]
+            else:
+                cmd += ["--budget-bytes", str(int(l["budget_bytes"]))]
+            if lm.get("quant_config"):
+                cmd += ["--config", str(lm["quant_config"])]
+            what = f"quantize the LM ({l['kind']})"
+        if has_checkpoint(d / "checkpoint.pt"):
+            cmd += ["--resume"]
+        d.mkdir(parents=True, exist_ok=True)
+        run(cmd + self.progress_args + [str(a) for a in l.get("quant_args", [])], d / "log.txt", self.console, what)
+
+    def run_rescore(self, am: str, l) -> None:
+        """n-best rescoring of acoustic system ``am`` with LM ``l``: the fp32 LM's run decodes (rescore.py
+        --model, decode_args for the first pass), every other LM rescores those n-best lists."""
+        d = self.rescore_dir(am, l["name"])
+        if (d / "rescore.json").is_file():
+            return
+        lm = self.cfg["lm"]
+        first = self.lm_systems()[0]
+        cmd = [PY, "rescore.py", "--lm", str(self.lm_file(l)), "--data-dir", self.data_dir, "--out", str(d),
+               "--device", self.device]
+        if l is first:
+            cmd += ["--model", str(self.sys_dir(am) / "model.safetensors"), "--graph-cache", str(self.out / "graphs")]
+            cmd += self.progress_args + self.extra_decode
+        else:
+            cmd += ["--nbest-from", str(self.rescore_dir(am, first["name"]))]
+        d.mkdir(parents=True, exist_ok=True)
+        run(cmd + [str(a) for a in lm.get("rescore_args", [])], d / "log.txt", self.console,
+            f"rescore {am} with LM {l['name']}")
+
+    def run_lm_part(self) -> List[Dict[str, Any]]:
+        """Every LM system, then every (acoustic system, LM) rescoring, then the system table."""
+        lm = self.cfg["lm"]
+        waiting = [a for a in lm["acoustic"] if not self.finished_named(a)]
+        if waiting:
+            self.console.line(f"LM rescoring waits for acoustic system(s) {', '.join(waiting)}: skipped here")
+            return []
+        lock = SystemLock(self.out / "lm")
+        if not lock.acquire():
+            self.console.line("the LM systems are being run by another runner: skipped here")
+            return []
+        try:
+            for l in self.lm_systems():  # the fp32 LM first: its rescoring runs make the n-best lists
+                self.console.line(f"LM {l['name']} ({l['kind']})")
+                self.run_lm(l)
+                for am in lm["acoustic"]:
+                    self.run_rescore(am, l)
+        finally:
+            lock.release()
+        rows = [self.system_row(am, l) for am in lm["acoustic"] for l in self.lm_systems()]
+        self.write_system_table(rows)
+        return rows
+
+    def system_row(self, am: str, l) -> Dict[str, Any]:
+        """One (acoustic model, LM) system: bytes of each (cost-model payloads), the system ratio against the
+        fp32 AM + fp32 LM, first-pass and rescored WER, and the rescored WER's change against the reference
+        pair and against the same AM with the fp32 LM."""
+        rep = json.load(open(self.rescore_dir(am, l["name"]) / "rescore.json"))
+        am_size = json.load(open(self.sys_dir(am) / "size.json"))
+        lm_size = json.load(open(self.lm_dir(l["name"]) / "size.json"))
+        am_fp32 = json.load(open(self.sys_dir("fp32") / "size.json"))["fp32_bytes"]
+        fp32_lm = self.lm_systems()[0]["name"]
+        lm_fp32 = json.load(open(self.lm_dir(fp32_lm) / "size.json"))["bytes"]
+        total = am_size["payload_bytes"] + lm_size["bytes"]
+        r = {"am": am, "lm": l["name"], "lm_kind": l["kind"], "lm_bits_per_weight": lm_size["bits_per_weight"],
+             "am_bytes": am_size["payload_bytes"], "lm_bytes": lm_size["bytes"], "system_bytes": total,
+             "am_ratio": am_fp32 / am_size["payload_bytes"], "lm_ratio": lm_fp32 / lm_size["bytes"],
+             "system_ratio": (am_fp32 + lm_fp32) / total, "lm_weight": rep["weights"]["lm_weight"],
+             "alpha": rep["weights"]["alpha"]}
+        ref_am, ref_lm = self.lm_reference()
+        for split in ("dev", "test"):
+            r[f"first_{split}"] = rep[split]["wer"]["first_pass"]["wer"]
+            r[f"wer_{split}"] = rep[split]["wer"]["rescored"]["wer"]
+            r[f"oracle_{split}"] = rep[split]["wer"]["oracle"]["wer"]
+            for key, (a, b) in (("", (ref_am, ref_lm)), ("lm_", (am, fp32_lm))):
+                if (am, l["name"]) == (a, b):
+                    r[f"p_{key}{split}"] = r[f"p_boot_{key}{split}"] = r[f"delta_{key}{split}"] = None
+                    continue
+                r[f"p_{key}{split}"], r[f"p_boot_{key}{split}"], r[f"delta_{key}{split}"] = compare_dirs(
+                    self.rescore_dir(am, l["name"]) / split / "rescored", self.rescore_dir(a, b) / split / "rescored")
+        return r
+
+    def write_system_table(self, rows: List[Dict[str, Any]]) -> None:
+        """system_results.{md,csv,json}: every acoustic model x LM combination."""
+        with open(self.out / "system_results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(rows)
+        json.dump(rows, open(self.out / "system_results.json", "w"), indent=1)
+        ref_am, ref_lm = self.lm_reference()
+        fp32_lm = self.lm_systems()[0]["name"]
+        head = ["acoustic model", "LM", "LM bits/weight", "AM bytes", "LM bytes", "system bytes", "system ratio"]
+        for sp in ("dev", "test"):
+            head += [f"{sp} 1st pass", f"{sp} rescored", f"{sp} vs {ref_am}+{ref_lm} (p)", f"{sp} vs same AM+{fp32_lm} (p)"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+        def cell(r, key, sp):
+            if r.get(f"p_{key}{sp}") is None:
+                return "(reference)" if key == "" or r["lm"] == fp32_lm else "-"
+            return f"{r[f'delta_{key}{sp}']:+.2f} (p={r[f'p_{key}{sp}']:.3f})"
+
+        for r in rows:
+            cells = [r["am"], r["lm"], f"{r['lm_bits_per_weight']:.2f}", f"{r['am_bytes']:,}", f"{r['lm_bytes']:,}",
+                     f"{r['system_bytes']:,}", f"{r['system_ratio']:.1f}x"]
+            for sp in ("dev", "test"):
+                cells += [f"{r[f'first_{sp}']:.2f}", f"{r[f'wer_{sp}']:.2f}", cell(r, "", sp), cell(r, "lm_", sp)]
+            lines.append("| " + " | ".join(cells) + " |")
+        (self.out / "system_results.md").write_text("\n".join(lines) + "\n")
+        self.console.line(f"system table (acoustic model x LM, n-best rescoring): {self.out / 'system_results.md'}")
+        print("\n".join(lines), flush=True)
+
 
     def lossless(self, r: Dict[str, Any]) -> bool:
         """No significant WER change against the row's reference on any evaluated set, the real-speech
@@ -481,6 +684,13 @@ class Runner:
             log.info("not finished (left out of the table): %s", missing)
         if rows:
             self.write_table(rows)
+        if self.cfg.get("lm") is not None:
+            pairs = [(am, l) for am in self.cfg["lm"]["acoustic"] for l in self.lm_systems()]
+            done = [(am, l) for am, l in pairs if (self.rescore_dir(am, l["name"]) / "rescore.json").is_file()
+                    and (self.lm_dir(l["name"]) / "size.json").is_file()]
+            ref_am, ref_lm = self.lm_reference()
+            if done and (self.rescore_dir(ref_am, ref_lm) / "rescore.json").is_file():
+                self.write_system_table([self.system_row(am, l) for am, l in done])
         return rows
 
     def run_all(self, only: Optional[List[str]] = None) -> List[Dict[str, Any]]:
@@ -488,10 +698,10 @@ class Runner:
         order = sorted(systems, key=lambda s: s["kind"] != "fp32")  # fp32 first: others refer to it
         if only:
             by_name = {s["name"]: s for s in systems}
-            unknown = [n for n in only if n not in by_name]
+            unknown = [n for n in only if n not in by_name and n != "lm"]
             if unknown:
                 raise ValueError(f"--only: no system(s) {unknown} in the config")
-            order = [by_name[n] for n in only]
+            order = [by_name[n] for n in only if n != "lm"]
         if not any(s["kind"] == "fp32" for s in systems):
             raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
         rows, busy = [], []
@@ -529,6 +739,8 @@ class Runner:
             rows = [self.row(s) for s in order if self.finished(s)]
             self.write_table(rows)
             self.show_ending()
+        if self.cfg.get("lm") is not None and (not only or "lm" in only):
+            self.run_lm_part()
         if busy:
             self.console.line(f"not in the table yet (run by another runner): {', '.join(busy)}; rerun to complete it")
         return rows
@@ -558,7 +770,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: the config's out, else exp/<config name>")
     p.add_argument("--device", default=None)
     p.add_argument("--data-dir", default=None, help="override the config's data_dir")
-    p.add_argument("--only", default=None, help="comma-separated systems to run, in this order")
+    p.add_argument("--only", default=None, help="comma-separated systems to run, in this order ('lm': the "
+                   "config's LM systems, rescoring and system table)")
     p.add_argument("--table-only", action="store_true", help="only write the table of finished systems")
     p.add_argument("--compare", default=None, metavar="A:B,...",
                    help="only print WER changes of finished systems A against B on every evaluated set, with "

@@ -10,7 +10,8 @@ directories prepared before it existed). Dev and test perplexities are computed 
 ``cuts_dev.jsonl.gz`` and ``cuts_test.jsonl.gz``, which are never in the LM text.
 
 Outputs in --out: ``model.pt`` (config + vocabulary + weights; lm.score), ``vocab.txt``, ``ppl.json``
-(``{"dev": {"ppl", "tokens", "oov", ...}, "test": {...}}``), ``checkpoint.pt`` (for --resume),
+(``{"dev": {"ppl", "tokens", "oov", ...}, "test": {...}}``), ``size.json`` (``bytes``: the float LM's size
+by the cost model, lm.quant.lm_size, the reference of the LM's compression ratios), ``checkpoint.pt`` (for --resume),
 ``train_log.jsonl`` (one line per epoch) and TensorBoard logs under ``tb/``.
 """
 from __future__ import annotations
@@ -71,9 +72,11 @@ def main(argv=None):
     from decoding.graph import default_lm_text
     from lm.data import LMBatches, encode_sentences, read_sentences, split_transcripts
     from lm.model import TransformerLM, TransformerLMConfig
+    from lm.quant import lm_size
     from lm.score import check_length, perplexity, save_lm
     from lm.train import LMTrainer
     from lm.vocab import Vocab
+    from training.safe_io import write_json_atomic
 
     try:
         model_d, topts = load_config(args.config)
@@ -132,8 +135,12 @@ def main(argv=None):
         log.info("%s: ppl %.2f over %d tokens (%d OOV words)", name, ppl[name]["ppl"], ppl[name]["tokens"],
                  ppl[name]["oov"])
     save_lm(model.cpu(), vocab, out / "model.pt")
-    with open(out / "ppl.json", "w") as f:
-        json.dump(ppl, f, indent=1)
+    write_json_atomic(ppl, out / "ppl.json")
+    # the float LM's size as the cost model counts it (the payload of its packed file at 32 bits): the
+    # reference of every compression ratio of the LM (quantize_lm.py's size.json has the same keys)
+    nbytes = lm_size(model.cfg).total_bytes
+    write_json_atomic({"bytes": nbytes, "fp32_bytes": nbytes, "ratio": 1.0, "bits_per_weight": 32.0,
+                       "num_parameters": model.num_parameters(), "weight_bits": {}}, out / "size.json")
     return 0
 
 

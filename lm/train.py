@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from lm.data import LMBatches
-from lm.model import TransformerLM
+from lm.model import TransformerLM, TransformerLMConfig
 from lm.score import perplexity, token_logprobs
 from lm.vocab import Vocab
 from training import checkpoint as ckpt
@@ -155,7 +155,11 @@ class LMTrainer:
         if st.get("vocab_sha1") != self.vocab.fingerprint():
             raise RuntimeError(f"checkpoint {path} was trained with another vocabulary (was the LM text or "
                                f"the vocabulary options changed?)")
-        if st.get("config") != self.model.cfg.to_json():
+        try:  # compared as configs: a checkpoint written before a field existed has that field's default
+            same = TransformerLMConfig.from_dict(json.loads(st.get("config") or "{}")) == self.model.cfg
+        except (TypeError, ValueError):
+            same = False
+        if not same:
             raise RuntimeError(f"checkpoint {path} has model config {st.get('config')}, this run "
                                f"{self.model.cfg.to_json()}")
         saved = json.loads(st["opts"])

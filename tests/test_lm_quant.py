@@ -263,3 +263,17 @@ def test_model_pt_round_trip_keeps_the_bits(tmp_path):
     assert math.isclose(average_bits(m.cfg), sum(
         m.cfg.bits_of(t.name) * math.prod(t.shape) for t in lm_layout(cfg) if t.kind == "weight") /
         sum(math.prod(t.shape) for t in lm_layout(cfg) if t.kind == "weight"))
+
+
+def test_onnx_export_of_a_packed_lm_scores_as_the_packed_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from lm.onnx import export_lm_onnx, load_lm_onnx
+    cfg = small_cfg(positions="learned")
+    m = trained_like(cfg)
+    m.set_weight_bits(mixed_bits(cfg, 2))
+    export_packed_lm(m, VOCAB, str(tmp_path / "lm.safetensors"))
+    export_lm_onnx(str(tmp_path / "lm.safetensors"), str(tmp_path / "lm.onnx"))
+    onnx_model, vocab = load_lm_onnx(str(tmp_path / "lm.onnx"))
+    x = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(onnx_model(x)), m(x), rtol=0, atol=1e-4)

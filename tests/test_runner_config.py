@@ -144,3 +144,94 @@ def test_compare_prints_pairwise_tests_of_finished_systems(tmp_path, capsys):
     assert rows[2].startswith("| a | fp32 | dev | +10.00 |") and rows[3].startswith("| a | b | dev | +0.00 |")
     with pytest.raises(ValueError, match="finished systems"):
         runner.print_comparisons([("a", "nope")])
+
+
+LM_SECTION = {"systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u2", "kind": "uniform", "bits": 2},
+                          {"name": "kl", "kind": "kl", "budget_ratio": 16}],
+              "acoustic": ["fp32", "u4"], "reference": ["fp32", "fp32"], "rescore_args": ["--nbest", 5]}
+
+
+def lm_config(tmp_path, lm):
+    p = tmp_path / "exp.yaml"
+    p.write_text(json.dumps({"data_dir": "d", "systems": [{"name": "fp32", "kind": "fp32"},
+                                                          {"name": "u4", "kind": "uniform", "bits": 4}], "lm": lm}))
+    return p
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"systems": [{"name": "u2", "kind": "uniform", "bits": 2}]}, "exactly one fp32 LM, listed first"),
+    ({"acoustic": ["nope"]}, "lm.acoustic must list systems"),
+    ({"reference": ["u4", "nope"]}, "lm.reference must be"),
+    ({"rescore_arg": []}, "lm: unknown key"),
+    ({"systems": [{"name": "fp32", "kind": "fp32"}, {"name": "k", "kind": "kl"}]}, "needs budget_ratio or budget_bytes"),
+    ({"systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u", "kind": "uniform"}]}, "needs bits"),
+    ({"systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u", "kind": "uniform", "bits": 2, "bit": 1}]},
+     "unknown key"),
+])
+def test_lm_section_errors_name_the_problem(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        rx.load_config(lm_config(tmp_path, dict(LM_SECTION, **change)))
+
+
+def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_path, monkeypatch):
+    """The commands of the LM part (fp32 LM trained, others quantized from it; the fp32 LM's rescoring
+    decodes, the others reuse its n-best lists) and the system table's arithmetic and significance."""
+    cfg = rx.load_config(lm_config(tmp_path, LM_SECTION))
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    refs = ["A B C D", "E F G H", "I J"]
+    hyps = {"fp32": refs, "u2": ["A B C X", "E F G H", "I J"], "kl": refs}
+    am_bytes = {"fp32": 1000, "u4": 150}
+    lm_bytes = {"fp32": 4000, "u2": 300, "kl": 250}
+    for am, n in am_bytes.items():  # finished acoustic systems
+        d = tmp_path / "exp" / am
+        d.mkdir(parents=True)
+        (d / "size.json").write_text(json.dumps({"payload_bytes": n, "fp32_bytes": 1000, "file_bytes": n + 10}))
+        for sp in ("dev", "test"):
+            (d / f"decode_{sp}").mkdir()
+            (d / f"decode_{sp}" / "wer.json").write_text("{}")
+    cmds = []
+
+    def fake_run(cmd, log_file, *args):
+        cmds.append([str(c) for c in cmd])
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if Path(cmd[1]).name in ("train_lm.py", "quantize_lm.py"):
+            n = lm_bytes[out.name]
+            (out / "size.json").write_text(json.dumps({"bytes": n, "bits_per_weight": 32 * n / 4000}))
+            (out / "ppl.json").write_text("{}")
+            return
+        lm = Path(cmd[cmd.index("--lm") + 1]).parent.name
+        rep = {"weights": {"lm_weight": 1.0, "alpha": 0.5}}
+        for sp in ("dev", "test"):
+            rep[sp] = {"wer": {k: {"wer": 1.0} for k in ("first_pass", "rescored", "oracle")}}
+            d = out / sp / "rescored"
+            d.mkdir(parents=True)
+            (d / "refs.txt").write_text("".join(f"u{i} {r}\n" for i, r in enumerate(refs)))
+            (d / "hyps.txt").write_text("".join(f"u{i} {x}\n" for i, x in enumerate(hyps[lm])))
+        (out / "rescore.json").write_text(json.dumps(rep))
+
+    monkeypatch.setattr(rx, "run", fake_run)
+    rows = runner.run_lm_part()
+    scripts = [(Path(c[1]).name, Path(c[c.index("--out") + 1]).name) for c in cmds]
+    assert scripts == [("train_lm.py", "fp32"), ("rescore.py", "rescore_fp32"), ("rescore.py", "rescore_fp32"),
+                       ("quantize_lm.py", "u2"), ("rescore.py", "rescore_u2"), ("rescore.py", "rescore_u2"),
+                       ("quantize_lm.py", "kl"), ("rescore.py", "rescore_kl"), ("rescore.py", "rescore_kl")]
+    by = {(Path(c[1]).name, c[c.index("--out") + 1]): c for c in cmds}
+    q = by[("quantize_lm.py", str(tmp_path / "exp" / "lm" / "kl"))]
+    assert q[q.index("--init") + 1] == str(tmp_path / "exp" / "lm" / "fp32" / "model.pt")
+    assert q[q.index("--budget-ratio") + 1] == "16" and q[q.index("--method") + 1] == "kl"
+    first = by[("rescore.py", str(tmp_path / "exp" / "u4" / "rescore_fp32"))]
+    assert "--model" in first and "--nbest-from" not in first and first[-2:] == ["--nbest", "5"]
+    again = by[("rescore.py", str(tmp_path / "exp" / "u4" / "rescore_u2"))]
+    assert "--model" not in again and again[again.index("--nbest-from") + 1] == str(tmp_path / "exp" / "u4" / "rescore_fp32")
+    assert again[again.index("--lm") + 1] == str(tmp_path / "exp" / "lm" / "u2" / "model.safetensors")
+    row = {(r["am"], r["lm"]): r for r in rows}
+    r = row[("u4", "kl")]
+    assert r["system_bytes"] == 150 + 250 and r["system_ratio"] == pytest.approx((1000 + 4000) / 400)
+    assert r["delta_test"] == pytest.approx(0.0) and r["p_test"] is not None
+    assert row[("u4", "u2")]["delta_lm_dev"] == pytest.approx(10.0)  # 1 error in 10 words vs u4 + fp32 LM
+    assert row[("fp32", "fp32")]["p_dev"] is None
+    assert (tmp_path / "exp" / "system_results.md").read_text().count("\n") == 2 + 6
+    n = len(cmds)
+    runner.run_lm_part()  # finished: nothing is rerun
+    assert len(cmds) == n
