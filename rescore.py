@@ -13,7 +13,9 @@ scored with the graph's ARPA n-gram model and the Transformer LM, and ranked by
 applied unchanged to test. Outputs in --out:
 
   <split>/nbest.jsonl           per utterance: utt, ref, hyps [{words, acoustic, graph, ngram, nnlm, oov}]
-  <split>/{first_pass,rescored,oracle}/  hyps.txt, refs.txt, alignments.txt, per_utt.jsonl, wer.json
+  <split>/{first_pass,ngram_only,rescored,oracle}/  hyps.txt, refs.txt, alignments.txt, per_utt.jsonl,
+                                wer.json (ngram_only: the lists re-ranked by the n-gram alone, alpha = 0,
+                                at its dev-best lm_weight)
   rescore.json                  WERs (first pass, n-best oracle, rescored) per split, the chosen weights,
                                 the dev grid, counts (OOV words, empty n-best lists), MAPSSWE and
                                 bootstrap significance of rescored vs first pass
@@ -170,15 +172,20 @@ def main(argv=None):
     lw, alpha = gs.best.lm_weight, gs.best.alpha
     log.info("dev grid best: lm_weight %g alpha %g WER %.2f%% (%d utterances changed)", lw, alpha, gs.best.wer,
              gs.best.changed)
+    # the same lists re-ranked by the n-gram alone at its dev-best weight (alpha = 0): how much of the gain
+    # is the Transformer's and how much a retuned LM weight's
+    lw0 = grid_search(dev["nbest"], dev["refs"], args.lm_weights, [0.0]).best.lm_weight
 
     report = {"model": am_model, "nbest_from": args.nbest_from, "lm": args.lm, "data_dir": args.data_dir,
               "graph_dir": graph_dir, "arpa": arpa, "nbest": nbest_n, "decoder": cfg_json,
               "weights": {"lm_weight": lw, "alpha": alpha, "tuned_on": args.dev_split},
+              "ngram_only_weights": {"lm_weight": lw0, "alpha": 0.0, "tuned_on": args.dev_split},
               "formula": "acoustic + lm_weight * (graph - ngram + (1 - alpha) * ngram + alpha * nnlm)",
               "grid": gs.to_json()}
     for split, s in splits.items():
         refs, nb = s["refs"], s["nbest"]
-        systems = {"first_pass": first_pass(nb), "rescored": rescore(nb, lw, alpha), "oracle": oracle(nb, refs)}
+        systems = {"first_pass": first_pass(nb), "ngram_only": rescore(nb, lw0, 0.0), "rescored": rescore(nb, lw, alpha),
+                   "oracle": oracle(nb, refs)}
         wers = {}
         for name, hyps in systems.items():
             summ = write_results(os.path.join(args.out, split, name), refs, hyps,
@@ -190,6 +197,10 @@ def main(argv=None):
                          "significance": {"a": "first_pass", "b": "rescored",
                                           "delta_wer": wers["rescored"]["wer"] - wers["first_pass"]["wer"],
                                           "mapsswe": sig["mapsswe"], "bootstrap": sig["bootstrap"]}}
+        sig0 = compare_systems(refs, systems["ngram_only"], systems["rescored"], seed=args.seed)
+        report[split]["significance_vs_ngram_only"] = {
+            "a": "ngram_only", "b": "rescored", "delta_wer": wers["rescored"]["wer"] - wers["ngram_only"]["wer"],
+            "mapsswe": sig0["mapsswe"], "bootstrap": sig0["bootstrap"]}
         log.info("%s WER: first pass %.2f%%, rescored %.2f%%, oracle %.2f%% (MAPSSWE p=%.4g)", split,
                  wers["first_pass"]["wer"], wers["rescored"]["wer"], wers["oracle"]["wer"],
                  sig["mapsswe"]["p_value"])
