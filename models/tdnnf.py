@@ -53,7 +53,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -244,18 +244,43 @@ def weight_names(cfg: TDNNFConfig, include_xent: bool = False) -> List[str]:
     return names
 
 
-def layer_groups(cfg: TDNNFConfig) -> List[Tuple[str, List[str], bool]]:
-    """Genotype layers: (name, weight names sharing its bit-width, has a bottleneck choice).
+class LayerGroup(NamedTuple):
+    """One genotype layer: its name, the weight matrices sharing its bit-width, and whether it has a
+    bottleneck (rank) choice. Unpacks as ``(name, weights, has_bottleneck)``."""
+
+    name: str
+    weights: List[str]
+    has_bottleneck: bool
+
+    @property
+    def bottleneck_index(self) -> int:
+        """Index of this layer's rank in ``TDNNFConfig.bottleneck_dims`` (TDNN-F layers only)."""
+        if not self.has_bottleneck:
+            raise ValueError(f"layer {self.name!r} has no bottleneck")
+        return bottleneck_index(self.name)
+
+
+def bottleneck_index(layer: str) -> int:
+    """``tdnnf<i>`` -> ``i - 1``, its index in ``TDNNFConfig.bottleneck_dims``; the one place that reads
+    a layer number from a layer name. Any other name is a ValueError."""
+    if not layer.startswith("tdnnf") or not layer[len("tdnnf"):].isdigit() or int(layer[len("tdnnf"):]) < 1:
+        raise ValueError(f"layer {layer!r} is not a TDNN-F layer (tdnnf1, tdnnf2, ...): it has no bottleneck")
+    return int(layer[len("tdnnf"):]) - 1
+
+
+def layer_groups(cfg: TDNNFConfig) -> List[LayerGroup]:
+    """Genotype layers, in model order (:class:`LayerGroup`: name, weight names sharing its bit-width, has a
+    bottleneck choice).
 
     ``tdnn1``; ``tdnnf1..N`` (both factors share the layer's bits, the bottleneck is the layer's rank);
     ``prefinal`` (prefinal_l + the chain prefinal affine and linear); ``output`` (chain output affine).
     The xent branch is training-only, float, and not part of the genotype or of the exported model.
     """
-    groups = [("tdnn1", ["tdnn1"], False)]
+    groups = [LayerGroup("tdnn1", ["tdnn1"], False)]
     for i in range(1, cfg.num_layers + 1):
-        groups.append((f"tdnnf{i}", [f"tdnnf{i}.linear", f"tdnnf{i}.affine"], True))
-    groups.append(("prefinal", ["prefinal_l", "prefinal_chain.affine", "prefinal_chain.linear"], False))
-    groups.append(("output", ["output"], False))
+        groups.append(LayerGroup(f"tdnnf{i}", [f"tdnnf{i}.linear", f"tdnnf{i}.affine"], True))
+    groups.append(LayerGroup("prefinal", ["prefinal_l", "prefinal_chain.affine", "prefinal_chain.linear"], False))
+    groups.append(LayerGroup("output", ["output"], False))
     return groups
 
 

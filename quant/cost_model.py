@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from models.tdnnf import TDNNFConfig, TensorInfo, layer_groups, tensor_layout
+from models.tdnnf import TDNNFConfig, TensorInfo, bottleneck_index, layer_groups, tensor_layout
 from models.quantizers import check_bits
 
 FLOAT_BYTES = 4       # float32 weights (bits=32), biases, BN stats
@@ -128,7 +128,7 @@ def layer_bytes(cfg: TDNNFConfig, layer: str, bits: int, bottleneck: Optional[in
     if bottleneck is not None:
         if not groups[layer][1]:
             raise ValueError(f"layer {layer!r} has no bottleneck")
-        i = int(layer[len("tdnnf"):]) - 1
+        i = bottleneck_index(layer)
         dims = list(cfg.bottleneck_dims)
         dims[i] = int(bottleneck)
         cfg = cfg.replace(bottleneck_dims=dims)

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from models.tdnnf import TDNNFConfig
+from models.tdnnf import TDNNFConfig, bottleneck_index
 from quant.cost_model import model_size
 from search_spaces.space import SearchSpace
 
@@ -153,7 +153,7 @@ class Genotype:
                 if l.bits != 32:
                     bits[w] = l.bits
             if s.has_bottleneck:
-                dims[int(l.name[len("tdnnf"):]) - 1] = l.bottleneck
+                dims[bottleneck_index(l.name)] = l.bottleneck
         cfg = space.network.replace(bottleneck_dims=dims, weight_bits=bits)
         if num_pdfs is not None:
             cfg = cfg.replace(num_pdfs=int(num_pdfs))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from models.quantizers import SUPPORTED_BITS
-from models.tdnnf import ConfigError, TDNNFConfig, layer_groups
+from models.tdnnf import ConfigError, TDNNFConfig, bottleneck_index, layer_groups
 from quant import cost_model
 
 SPACES_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -156,7 +156,7 @@ def search_space_from_dict(d: dict, num_pdfs: Optional[int] = None, path: Option
             bits = (32,)
         bn = None
         if has_b:
-            i = int(g[len("tdnnf"):]) - 1
+            i = bottleneck_index(g)
             if "bottleneck" in o:
                 bn = _check_dims(o["bottleneck"], f"choices.layers.{g}.bottleneck", net.hidden_dim)
             elif "bottleneck" in default:

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, copy_weights_to_bottlenecks, layer_groups
+from models.tdnnf import TDNNF, TDNNFConfig, bottleneck_index, copy_weights_to_bottlenecks, layer_groups
 from nas.arch_params import ArchParams, LayerChoices
 from nas.derive import derive_genotype
 from nas.penalty import SizeTable, size_table_from_cost_model
@@ -51,7 +51,7 @@ def layer_choices_for(cfg: TDNNFConfig, choices: Dict[str, Tuple[Sequence[int], 
         bits, dims = choices.get(name, ((32,), None))
         bits = tuple(sorted(int(b) for b in bits))
         if has_b:
-            i = int(name[len("tdnnf"):]) - 1
+            i = bottleneck_index(name)
             dims = tuple(sorted(int(d) for d in dims)) if dims else (int(cfg.bottleneck_dims[i]),)
         else:
             if dims:
@@ -70,7 +70,7 @@ def genotype_config(cfg: TDNNFConfig, layers: Sequence[LayerChoices], choices: S
     bits: Dict[str, int] = {}
     for l, (b, d) in zip(layers, choices):
         if l.name.startswith("tdnnf") and d is not None:
-            dims[int(l.name[len("tdnnf"):]) - 1] = int(d)
+            dims[bottleneck_index(l.name)] = int(d)
         if int(b) != 32:
             for w in groups[l.name]:
                 bits[w] = int(b)
@@ -97,7 +97,7 @@ class SuperNet(TDNNF):
         dims = list(cfg.bottleneck_dims)
         for l in layers:
             if l.name.startswith("tdnnf"):
-                dims[int(l.name[len("tdnnf"):]) - 1] = max(int(d) for d in l.dims)
+                dims[bottleneck_index(l.name)] = max(int(d) for d in l.dims)
         self.base_cfg = cfg
         super().__init__(cfg.replace(bottleneck_dims=dims, weight_bits={}))
         self.arch = arch if arch is not None else ArchParams(layers, **arch_kwargs)
@@ -109,7 +109,7 @@ class SuperNet(TDNNF):
         for li, (g, ws, has_b) in enumerate(groups):
             for w in ws:
                 if has_b:
-                    i = int(g[len("tdnnf"):]) - 1
+                    i = bottleneck_index(g)
                     k = 2 if self.cfg.time_strides[i] > 0 else 1
                     self._wmap[w] = (li, "linear" if w.endswith(".linear") else "affine", k)
                 else:

@@ -320,3 +320,19 @@ def test_training_mode_ignores_padding_content():
     assert torch.allclose(a[0], c[0, :14], atol=1e-5) and torch.allclose(a[1, :8], c[1, :8], atol=1e-5)
     m2 = randomize_(TDNNF(small_cfg(bn_mask_padding=False))).train()
     assert not torch.allclose(m2(x, lens)[0][0], m2(x3, lens)[0][0, :14], atol=1e-3)
+
+
+def test_layer_groups_name_their_bottleneck_index():
+    from models.tdnnf import LayerGroup, bottleneck_index
+    cfg = TDNNFConfig.from_dict(dict(num_layers=3, bottleneck_dims=[4, 6, 8], time_strides=[1, 1, 3]))
+    groups = layer_groups(cfg)
+    assert [g.name for g in groups] == ["tdnn1", "tdnnf1", "tdnnf2", "tdnnf3", "prefinal", "output"]
+    assert all(isinstance(g, LayerGroup) for g in groups)
+    assert [cfg.bottleneck_dims[g.bottleneck_index] for g in groups if g.has_bottleneck] == [4, 6, 8]
+    name, weights, hb = groups[2]  # still unpacks as (name, weights, has_bottleneck)
+    assert (name, weights, hb) == ("tdnnf2", ["tdnnf2.linear", "tdnnf2.affine"], True)
+    for bad in ("tdnn1", "output", "tdnnf", "tdnnf0", "tdnnfx"):
+        with pytest.raises(ValueError, match="not a TDNN-F layer"):
+            bottleneck_index(bad)
+    with pytest.raises(ValueError, match="has no bottleneck"):
+        groups[0].bottleneck_index
