@@ -30,7 +30,6 @@ model with the fp32 LM. ``--only lm`` runs just this part.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from runner.console import Console, run_stage
+from runner.report import Report, compare_dirs  # noqa: F401  (compare_dirs: part of this module's interface)
 from training.cli import add_debug_flag, run_main
 
 log = logging.getLogger("run_experiments")
@@ -154,19 +154,6 @@ def _check_budget(path, s) -> None:
                              f"{'>' if strict else '>='} {low}, got {v!r}")
 
 
-def compare_dirs(d: Path, ref_dir: Path):
-    """(MAPSSWE p, paired-bootstrap p, WER change in points) of the hypotheses in ``d`` against those in
-    ``ref_dir`` (each holding refs.txt and hyps.txt of one evaluated set)."""
-    from decoding.significance import compare_systems
-    from decoding.wer import corpus_wer, read_text_file
-
-    refs = read_text_file(str(d / "refs.txt"))
-    hyp, base = read_text_file(str(d / "hyps.txt")), read_text_file(str(ref_dir / "hyps.txt"))
-    cmp = compare_systems(refs, hyp, base)
-    delta = corpus_wer(refs, hyp)["wer"] - corpus_wer(refs, base)["wer"]
-    return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], delta
-
-
 def run(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "") -> None:
     """Run a stage; its output goes to ``log_file`` (progress bars to the console); a failure stops the
     runner with that log's tail."""
@@ -223,7 +210,10 @@ class SystemLock:
         self.path.unlink(missing_ok=True)
 
 
-class Runner:
+class Runner(Report):
+    """Runs the stages of every system (search/sensitivity -> retrain -> export -> decode) and of the LM
+    part; the tables and the plot are :class:`runner.report.Report`'s."""
+
     def __init__(self, cfg: Dict[str, Any], out: Path, device: str, console: Optional[Console] = None):
         self.cfg, self.out, self.device = cfg, out, device
         self.console = console or Console(quiet=True)
@@ -387,33 +377,6 @@ class Runner:
             run(cmd + self.decode_command(split), d / "log.txt", self.console, f"decode {split}")
 
     # ----------------------------------------------------------------- table
-    def row(self, s) -> Dict[str, Any]:
-        d = self.sys_dir(s["name"])
-        size = json.load(open(d / "size.json"))
-        geno = json.load(open(d / "genotype.json"))
-        bits = [l["bits"] for l in geno["layers"]]
-        dims = [l["bottleneck"] for l in geno["layers"] if l.get("bottleneck")]
-        r = {"system": s["name"], "kind": s["kind"], "group": s.get("group", s["kind"]), "bits": "/".join(str(b) for b in bits),
-             "mean_bits": sum(bits) / len(bits), "bottlenecks": "/".join(str(x) for x in dims),
-             "bytes": size["file_bytes"], "payload_bytes": size["payload_bytes"],
-             "ratio": size["fp32_bytes"] / size["payload_bytes"]}
-        for split in self.eval_sets:
-            w = json.load(open(d / f"decode_{split}" / "wer.json"))
-            r[f"wer_{split}"] = w["wer"]  # percent
-            r[f"p_{split}"], r[f"p_boot_{split}"], r[f"delta_{split}"] = self.significance(
-                s["name"], split, s.get("reference"))
-        r["reference"] = s.get("reference", self.reference)
-        return r
-
-    def significance(self, name: str, split: str, reference: Optional[str] = None):
-        """(MAPSSWE p, paired-bootstrap p, WER change in points) of ``name`` against ``reference`` (default:
-        the experiment's reference system) on ``split``; Nones for the reference itself or while the
-        reference is not decoded."""
-        reference = reference or self.reference
-        ref_dir = self.sys_dir(reference) / f"decode_{split}"
-        if name == reference or not (ref_dir / "hyps.txt").is_file():
-            return None, None, None
-        return compare_dirs(self.sys_dir(name) / f"decode_{split}", ref_dir)
 
     # ----------------------------------------------------------------- LM and whole system
     def lm_systems(self) -> List[Dict[str, Any]]:
@@ -502,179 +465,6 @@ class Runner:
         rows = [self.system_row(am, l) for am in lm["acoustic"] for l in self.lm_systems()]
         self.write_system_table(rows)
         return rows
-
-    def system_row(self, am: str, l) -> Dict[str, Any]:
-        """One (acoustic model, LM) system: bytes of each (cost-model payloads), the system ratio against the
-        fp32 AM + fp32 LM, first-pass and rescored WER, and the rescored WER's change against the reference
-        pair and against the same AM with the fp32 LM."""
-        rep = json.load(open(self.rescore_dir(am, l["name"]) / "rescore.json"))
-        am_size = json.load(open(self.sys_dir(am) / "size.json"))
-        lm_size = json.load(open(self.lm_dir(l["name"]) / "size.json"))
-        am_fp32 = json.load(open(self.sys_dir("fp32") / "size.json"))["fp32_bytes"]
-        fp32_lm = self.lm_systems()[0]["name"]
-        lm_fp32 = json.load(open(self.lm_dir(fp32_lm) / "size.json"))["bytes"]
-        total = am_size["payload_bytes"] + lm_size["bytes"]
-        r = {"am": am, "lm": l["name"], "lm_kind": l["kind"], "lm_bits_per_weight": lm_size["bits_per_weight"],
-             "am_bytes": am_size["payload_bytes"], "lm_bytes": lm_size["bytes"], "system_bytes": total,
-             "am_ratio": am_fp32 / am_size["payload_bytes"], "lm_ratio": lm_fp32 / lm_size["bytes"],
-             "system_ratio": (am_fp32 + lm_fp32) / total, "lm_weight": rep["weights"]["lm_weight"],
-             "alpha": rep["weights"]["alpha"]}
-        ref_am, ref_lm = self.lm_reference()
-        for split in ("dev", "test"):
-            r[f"first_{split}"] = rep[split]["wer"]["first_pass"]["wer"]
-            r[f"wer_{split}"] = rep[split]["wer"]["rescored"]["wer"]
-            r[f"oracle_{split}"] = rep[split]["wer"]["oracle"]["wer"]
-            for key, (a, b) in (("", (ref_am, ref_lm)), ("lm_", (am, fp32_lm))):
-                if (am, l["name"]) == (a, b):
-                    r[f"p_{key}{split}"] = r[f"p_boot_{key}{split}"] = r[f"delta_{key}{split}"] = None
-                    continue
-                r[f"p_{key}{split}"], r[f"p_boot_{key}{split}"], r[f"delta_{key}{split}"] = compare_dirs(
-                    self.rescore_dir(am, l["name"]) / split / "rescored", self.rescore_dir(a, b) / split / "rescored")
-        return r
-
-    def write_system_table(self, rows: List[Dict[str, Any]]) -> None:
-        """system_results.{md,csv,json}: every acoustic model x LM combination."""
-        with open(self.out / "system_results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(rows)
-        json.dump(rows, open(self.out / "system_results.json", "w"), indent=1)
-        ref_am, ref_lm = self.lm_reference()
-        fp32_lm = self.lm_systems()[0]["name"]
-        head = ["acoustic model", "LM", "LM bits/weight", "AM bytes", "LM bytes", "system bytes", "system ratio"]
-        for sp in ("dev", "test"):
-            head += [f"{sp} 1st pass", f"{sp} rescored", f"{sp} vs {ref_am}+{ref_lm} (p)", f"{sp} vs same AM+{fp32_lm} (p)"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-        def cell(r, key, sp):
-            if r.get(f"p_{key}{sp}") is None:
-                return "(reference)" if key == "" or r["lm"] == fp32_lm else "-"
-            return f"{r[f'delta_{key}{sp}']:+.2f} (p={r[f'p_{key}{sp}']:.3f})"
-
-        for r in rows:
-            cells = [r["am"], r["lm"], f"{r['lm_bits_per_weight']:.2f}", f"{r['am_bytes']:,}", f"{r['lm_bytes']:,}",
-                     f"{r['system_bytes']:,}", f"{r['system_ratio']:.1f}x"]
-            for sp in ("dev", "test"):
-                cells += [f"{r[f'first_{sp}']:.2f}", f"{r[f'wer_{sp}']:.2f}", cell(r, "", sp), cell(r, "lm_", sp)]
-            lines.append("| " + " | ".join(cells) + " |")
-        (self.out / "system_results.md").write_text("\n".join(lines) + "\n")
-        self.console.line(f"system table (acoustic model x LM, n-best rescoring): {self.out / 'system_results.md'}")
-        print("\n".join(lines), flush=True)
-
-
-    def lossless(self, r: Dict[str, Any]) -> bool:
-        """No significant WER change against the row's reference on any evaluated set, the real-speech
-        set included (MAPSSWE p >= 0.05); the reference itself counts as lossless."""
-        return all(r.get(f"p_{sp}") is None or r[f"p_{sp}"] >= 0.05 for sp in self.eval_sets)
-
-    def result_line(self, r: Dict[str, Any]) -> str:
-        """One line for a finished system: size, ratio, WER per split and its change against the reference."""
-        parts = [f"{r['system']}: {r['bytes']:,} bytes ({r['ratio']:.1f}x)"]
-        for sp in self.eval_sets:
-            cell = f"{sp} {r[f'wer_{sp}']:.2f}%"
-            if r.get(f"p_{sp}") is not None:
-                cell += f" ({r[f'delta_{sp}']:+.2f} vs {r['reference']}, p={r[f'p_{sp}']:.3f})"
-            parts.append(cell)
-        return ", ".join(parts)
-
-    def show_ending(self) -> None:
-        """The last lines: where the table and plot are, and how to look at the search in TensorBoard."""
-        c = self.console
-        c.line(f"table: {self.out / 'results.md'} (also .csv, .json)")
-        c.line(f"plot:  {self.out / 'wer_vs_size.png'} (test WER against bytes on disk; dashed: the reference "
-               f"{self.reference}; hollow markers: not lossless, p < 0.05 on some split)")
-        c.line(f"TensorBoard: tensorboard --logdir {self.out}")
-        if any(s["kind"] == "nas" for s in self.cfg["systems"]):
-            c.line("    searched bit allocations (<system>/search/tb): images arch/bits_heatmap, arch/dims_heatmap "
-                   "(probability of each choice per layer, the derived argmax outlined); scalars arch/argmax_mb, "
-                   "arch/expected_mb, arch/target_mb, arch/entropy_mean, arch/bits/<layer>/<b>")
-        c.line("    results: image results/wer_vs_size; training curves: <system>/tb (train/*, valid/*)")
-
-    def write_table(self, rows: List[Dict[str, Any]], show: bool = True) -> None:
-        keys = list(rows[0].keys())
-        with open(self.out / "results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        json.dump(rows, open(self.out / "results.json", "w"), indent=1)
-        head = ["system", "bits per layer", "bottlenecks", "bytes on disk", "ratio"]
-        for sp in self.eval_sets:
-            head += [f"{sp} WER %", f"{sp} dWER vs {self.reference} (p)"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in rows:
-            cells = [r["system"], r["bits"], r["bottlenecks"] or "-", f"{r['bytes']:,}", f"{r['ratio']:.1f}x"]
-            for sp in self.eval_sets:
-                cells.append(f"{r[f'wer_{sp}']:.2f}")
-                if r["system"] == self.reference:
-                    cells.append("(reference)")
-                    continue
-                if r.get(f"p_{sp}") is None:
-                    cells.append("-")
-                else:
-                    other = "" if r["reference"] == self.reference else f"; vs {r['reference']}"
-                    cells.append(f"{r[f'delta_{sp}']:+.2f} (p={r[f'p_{sp}']:.3f}{other})")
-            lines.append("| " + " | ".join(cells) + " |")
-        (self.out / "results.md").write_text("\n".join(lines) + "\n")
-        if show:
-            print("\n".join(lines), flush=True)
-        self.plot(rows)
-
-    def plot(self, rows) -> None:
-        split = "test" if "test" in self.splits else self.splits[0]
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:  # pragma: no cover
-            log.warning("matplotlib not installed: no plot")
-            return
-        fig, ax = plt.subplots(figsize=(6, 4))
-        groups = list(dict.fromkeys(r["group"] for r in rows))
-        for grp in groups:
-            pts = sorted((r["bytes"], r[f"wer_{split}"], self.lossless(r)) for r in rows if r["group"] == grp)
-            line, = ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "-", label=grp)
-            for b, w, ok in pts:  # filled: lossless (p >= 0.05 on every split); hollow: not
-                ax.plot([b / 1e6], [w], "o", color=line.get_color(), markerfacecolor=line.get_color() if ok else "none")
-        ref = next((r for r in rows if r["system"] == self.reference), None)
-        if ref is not None:
-            ax.axhline(ref[f"wer_{split}"], color="gray", linestyle="--", linewidth=1,
-                       label=f"{self.reference} (reference)")
-        ax.set_title("filled: lossless vs its reference (p >= 0.05 on every split)", fontsize=8)
-        ax.set_xscale("log")
-        from matplotlib.ticker import FuncFormatter, NullFormatter
-
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("model size on disk (MB)")
-        ax.set_ylabel(f"{split} WER (%)")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(self.out / "wer_vs_size.png", dpi=120)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            w = SummaryWriter(str(self.out / "tb"))
-            w.add_figure("results/wer_vs_size", fig)
-            w.close()
-        except Exception as e:  # pragma: no cover
-            log.warning("TensorBoard figure not written: %s", e)
-        plt.close(fig)
-
-    def print_comparisons(self, pairs) -> None:
-        """A Markdown table of ``(a, b)`` pairs of finished systems: WER change a - b and both p-values per
-        evaluated set."""
-        names = {s["name"] for s in self.cfg["systems"] if self.finished(s)}
-        bad = [p for p in pairs if len(p) != 2 or not set(p) <= names]
-        if bad:
-            raise ValueError(f"--compare: pairs must be A:B of finished systems ({sorted(names)}); got {bad}")
-        print("| system | against | set | dWER (points) | MAPSSWE p | bootstrap p |")
-        print("|---|---|---|---|---|---|")
-        for a, b in pairs:
-            for sp in self.eval_sets:
-                p, pb, d = self.significance(a, sp, b)
-                print(f"| {a} | {b} | {sp} | {d:+.2f} | {p:.3f} | {pb:.3f} |")
 
     def table_only(self) -> List[Dict[str, Any]]:
         """Write the table from the systems already finished; run nothing."""
