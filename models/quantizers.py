@@ -27,6 +27,7 @@ from typing import Tuple
 import torch
 
 SUPPORTED_BITS = (1, 2, 4, 8, 32)
+QUANTIZED_BITS = tuple(b for b in SUPPORTED_BITS if b != 32)  # the widths that have integer codes
 SCALE_MODES = ("maxabs", "mse")
 MSE_CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(15))  # 1.00, 0.95, ..., 0.30
 

@@ -16,13 +16,13 @@ from lm.quant import (export_packed_lm, fixed_bytes, header_bytes, is_packed_lm,
                       load_packed_lm, matrix_bytes)
 from lm.score import load_lm, save_lm, sentence_logprobs
 from lm.vocab import Vocab
-from models.quantizers import SUPPORTED_BITS, fake_quant
+from models.quantizers import QUANTIZED_BITS, SUPPORTED_BITS, fake_quant
 from quant.knapsack import brute_force
 from quant.packing import PackedModelError, payload_bytes
 
 V = 40
 VOCAB = Vocab(["<eos>", "<unk>"] + [f"w{i}" for i in range(V - 2)])
-LOW_BITS = tuple(b for b in SUPPORTED_BITS if b < 32)
+LOW_BITS = QUANTIZED_BITS
 
 
 def small_cfg(**kw):
@@ -230,7 +230,7 @@ def test_allocation_is_the_best_under_the_budget():
     cfg = small_cfg(n_layers=1)
     m = trained_like(cfg)
     batches = heldout_batches(seqs(), 0, 8, 2)
-    choices = [1, 2, 4, 8]
+    choices = list(QUANTIZED_BITS)
     sens = lm_kl_sensitivity(m, batches, choices)
     fp = lm_fp32_bytes(cfg)
     sizes = matrix_bytes(cfg, choices)

@@ -11,10 +11,10 @@ import torch
 
 from nas import Architect, ArchParams, LayerChoices, RampSchedule, SizePenalty, SizeTable, TemperatureSchedule
 from nas.architect import GlobalAdam
-from quant.quantizers import SUPPORTED_BITS
+from quant.quantizers import QUANTIZED_BITS
 from supernet.mixing import mix_bits
 
-BITS = tuple(b for b in SUPPORTED_BITS if b != 32)
+BITS = QUANTIZED_BITS
 SENS = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03)
 N = 64
 

@@ -6,7 +6,7 @@ import torch
 
 from models.tdnnf import TDNNF, TDNNFConfig, weight_names
 from quant.admm import ADMMQuantizer
-from quant.quantizers import compute_scales, fake_quant, qmax_for, quantize_to_codes
+from quant.quantizers import QUANTIZED_BITS, compute_scales, fake_quant, qmax_for, quantize_to_codes
 
 
 def model(bits_map=None):
@@ -14,7 +14,7 @@ def model(bits_map=None):
                                      time_strides=[1, 0, 3], prefinal_dim=8, prefinal_big_dim=12, num_pdfs=6,
                                      feat_dim=4))
     if bits_map is None:
-        bits_map = {n: [1, 2, 4, 8][i % 4] for i, n in enumerate(weight_names(cfg))}
+        bits_map = {n: QUANTIZED_BITS[i % len(QUANTIZED_BITS)] for i, n in enumerate(weight_names(cfg))}
     torch.manual_seed(0)
     m = TDNNF(cfg.replace(weight_bits=bits_map))
     with torch.no_grad():
@@ -23,7 +23,7 @@ def model(bits_map=None):
     return m
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("bits", QUANTIZED_BITS)
 def test_projection_on_grid_and_nearest(bits):
     m = model()
     admm = ADMMQuantizer(m)

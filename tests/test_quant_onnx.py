@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from models.quantizers import SUPPORTED_BITS, qmax_for  # noqa: E402
+from models.quantizers import QUANTIZED_BITS, qmax_for  # noqa: E402
 from models.tdnnf import TDNNFConfig, weight_names  # noqa: E402
 from quant.onnx_export import (BLOCK_SIZES, OnnxExportError, choose_block_size, export_onnx,  # noqa: E402
                                matmul_nbits_tensors)
@@ -25,7 +25,7 @@ from tests.conftest import run_cli, run_cli_fail  # noqa: E402
 from tests.test_quant_packing import trained_like  # noqa: E402
 
 TOL = 1e-3  # max abs difference on log-likelihoods (observed: about 1e-5, float32 summation order)
-LOW_BITS = [b for b in SUPPORTED_BITS if b < 32]  # every quantized width the code supports
+LOW_BITS = list(QUANTIZED_BITS)  # every quantized width the code supports
 
 
 def dequant_reference(b, scales, zps, n, k, bits, block_size):

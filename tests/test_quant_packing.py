@@ -11,7 +11,7 @@ from models.tdnnf import TDNNF, TDNNFConfig, weight_names
 from quant.cost_model import model_size
 from quant.packing import (PackedModelError, export_packed, load_packed, pack_codes, payload_bytes,
                            unpack_codes)
-from quant.quantizers import qmax_for
+from quant.quantizers import QUANTIZED_BITS, SUPPORTED_BITS, qmax_for
 
 
 def cfg_small(**kw):
@@ -33,7 +33,7 @@ def trained_like(cfg, seed=0):
     return m.eval()
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("bits", QUANTIZED_BITS)
 @pytest.mark.parametrize("n", [1, 3, 7, 8, 9, 100, 1001])
 def test_pack_unpack_exact(bits, n):
     g = torch.Generator().manual_seed(n * bits)
@@ -72,7 +72,7 @@ def bits_for(cfg, mix):
     if mix == "all8":
         return {n: 8 for n in names}
     if mix == "mixed":
-        return {n: [1, 2, 4, 8, 32][i % 5] for i, n in enumerate(names)}
+        return {n: SUPPORTED_BITS[i % len(SUPPORTED_BITS)] for i, n in enumerate(names)}
     return {}
 
 

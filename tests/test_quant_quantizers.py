@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from quant.quantizers import (SUPPORTED_BITS, check_bits, compute_scales, dequantize, fake_quant, num_levels,
+from quant.quantizers import (QUANTIZED_BITS, SUPPORTED_BITS, check_bits, compute_scales, dequantize, fake_quant, num_levels,
                               qmax_for, quantize_to_codes)
 
-QBITS = [1, 2, 4, 8]
+QBITS = list(QUANTIZED_BITS)
 
 
 @pytest.mark.parametrize("bits", QBITS)
@@ -113,7 +113,7 @@ def test_two_bit_beats_one_bit_and_error_falls_with_bits():
     (max-abs ternary is worse than 1 bit: most weights round to 0); the error falls with the bits."""
     g = torch.Generator().manual_seed(0)
     for w in (torch.randn(64, 200, generator=g), torch.randn(64, 200, generator=g) ** 3):  # Gaussian, heavy-tailed
-        err = {b: float(((fake_quant(w, b, True, "mse") - w) ** 2).sum() / (w ** 2).sum()) for b in (1, 2, 4, 8)}
+        err = {b: float(((fake_quant(w, b, True, "mse") - w) ** 2).sum() / (w ** 2).sum()) for b in QUANTIZED_BITS}
         assert err[1] > err[2] > err[4] > err[8]
     w = torch.randn(64, 200, generator=g)
     assert float(((fake_quant(w, 2, True, "maxabs") - w) ** 2).sum()) > float(((fake_quant(w, 1) - w) ** 2).sum())

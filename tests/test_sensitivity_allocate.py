@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from models.quantizers import SUPPORTED_BITS
 from search_spaces.space import search_space_from_dict
 from sensitivity.allocate import (BudgetError, allocate_bits, brute_force, fp32_model_bytes, knapsack,
                                   layer_sizes, pareto_frontier)
@@ -11,7 +12,7 @@ from sensitivity.allocate import (BudgetError, allocate_bits, brute_force, fp32_
 
 def random_case(rng, n_layers, n_choices, monotone=True):
     sens, sizes = {}, {}
-    bits_all = [1, 2, 4, 8, 32]
+    bits_all = list(SUPPORTED_BITS)
     for i in range(n_layers):
         bits = sorted(rng.sample(bits_all, n_choices))
         numel = rng.randint(5, 400)
@@ -98,7 +99,7 @@ def test_pareto_frontier_exact(seed):
         assert knapsack(sens, sizes, p.bytes).total_sensitivity == pytest.approx(p.sensitivity)
 
 
-def tiny_space(bits=(1, 2, 4, 8, 32)):
+def tiny_space(bits=SUPPORTED_BITS):
     return search_space_from_dict({
         "name": "tiny", "network": dict(feat_dim=5, tdnn1_dim=16, num_layers=2, hidden_dim=16, bottleneck_dims=8,
                                         time_strides=[1, 3], prefinal_dim=8, prefinal_big_dim=12, num_pdfs=6),

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 import mixed_precision
+from models.quantizers import SUPPORTED_BITS
 from search_spaces.genotype import Genotype
 from search_spaces.space import load_search_space
 from sensitivity.allocate import brute_force, layer_sizes
@@ -14,7 +15,7 @@ from sensitivity.allocate import brute_force, layer_sizes
 SPACE = {"name": "tiny_cli",
          "network": dict(feat_dim=5, tdnn1_dim=16, num_layers=2, hidden_dim=16, bottleneck_dims=8,
                          time_strides=[1, 3], prefinal_dim=8, prefinal_big_dim=12, num_pdfs=None),
-         "choices": {"default": {"bits": [1, 2, 4, 8, 32], "bottleneck": [4, 8]}}}
+         "choices": {"default": {"bits": list(SUPPORTED_BITS), "bottleneck": [4, 8]}}}
 
 
 @pytest.fixture

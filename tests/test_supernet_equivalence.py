@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from models.quantizers import SUPPORTED_BITS
 from models.tdnnf import TDNNF, semi_orthogonality_error
 from quant.cost_model import model_size
 from search_spaces.space import search_space_from_dict
@@ -19,7 +20,7 @@ def small_space(per_channel=True, scale="maxabs", name="tiny"):
         "network": dict(feat_dim=6, tdnn1_dim=24, hidden_dim=24, num_layers=5, bottleneck_dims=12,
                         time_strides=[1, 1, 0, 3, 3], prefinal_dim=12, prefinal_big_dim=20, num_pdfs=11,
                         quant_per_channel=per_channel, quant_scale=scale),
-        "choices": {"default": {"bits": [1, 2, 4, 8, 32], "bottleneck": [4, 8, 12]},
+        "choices": {"default": {"bits": list(SUPPORTED_BITS), "bottleneck": [4, 8, 12]},
                     "layers": {"tdnn1": {"bits": [4, 8, 32]}, "tdnnf3": {"bottleneck": [6, 12]},
                                "output": {"bits": [8, 32]}}},
     })
