@@ -6,7 +6,7 @@ model-size budget (the paper's non-NAS baselines).
     python mixed_precision.py --method hessian ... --budget-bytes 400000 --out exp/hawq/genotype.json
     # re-allocate under another budget without measuring again:
     python mixed_precision.py --sensitivity-in exp/kl/genotype.sensitivity.json --model exp/fp32/model.pt \\
-        --compression 10 --out exp/kl_c10/genotype.json
+        --budget-ratio 10 --out exp/kl_c10/genotype.json
 
 1. Measures ``{layer: {bits: sensitivity}}`` of the float model on held-out batches (the ``--split``, dev
    by default): ``kl`` = mean per-frame KL(P_fp || P_q) of the chain-output posteriors with one layer
@@ -18,9 +18,10 @@ model-size budget (the paper's non-NAS baselines).
 3. Writes the genotype (``--out``), the sensitivity JSON (``--sensitivity-out``, default
    ``<out>.sensitivity.json`` beside it) and optionally the Pareto frontier (``--frontier-out``).
 
-Budget: ``--budget-bytes N`` (packed bytes), ``--budget-ratio R`` (0 < R <= 1: R * fp32 bytes; R > 1: read as a
-compression factor, fp32 bytes / R) or ``--compression C`` / ``--target-ratio C`` (fp32 bytes / C, as
-train_search.py's ``--target-ratio``). fp32 = the float model of the space's largest network (the project's
+Budget (the same flags as train_search.py and quantize_lm.py, training.cli.add_budget_args): ``--budget-bytes
+N`` (packed bytes) or ``--budget-ratio R`` (a compression factor: fp32 bytes / R). Deprecated spellings:
+``--compression`` / ``--target-ratio`` (= ``--budget-ratio``), and ``--budget-ratio`` below 1 read as a
+fraction of the fp32 bytes (with a warning). fp32 = the float model of the space's largest network (the project's
 fp32 baseline, ``quant.cost_model.fp32_bytes(space.network)``), as train_search.py and retrain.py use.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, 
                                   pareto_frontier)
 from sensitivity.hessian import hessian_sensitivity, lfmmi_closures
 from sensitivity.kl import kl_sensitivity
-from training.cli import add_debug_flag, number, run_main
+from training.cli import add_budget_args, add_debug_flag, number, resolve_budget, run_main
 from training.experiment import load_corpus, make_batches, make_lfmmi
 from training.model_io import load_model_file
 
@@ -59,12 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--model", required=True, help="float model.pt (retrain.py) to measure / size")
     p.add_argument("--data-dir", default=None, help="prepared corpus (needed to measure)")
     p.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
-    b = p.add_mutually_exclusive_group(required=True)
-    b.add_argument("--budget-bytes", type=number(above=0), help="packed-size budget in bytes")
-    b.add_argument("--budget-ratio", type=number(above=0),
-                   help="R <= 1: budget = R * fp32 bytes; R > 1: budget = fp32 bytes / R")
-    b.add_argument("--compression", "--target-ratio", dest="compression", type=number(minimum=1),
-                   help="budget = fp32 bytes / C (C >= 1), as train_search.py --target-ratio")
+    add_budget_args(p, required=True)
     p.add_argument("--out", required=True, help="genotype JSON to write")
     p.add_argument("--sensitivity-out", default=None, help="default: <out without .json>.sensitivity.json")
     p.add_argument("--frontier-out", default=None, help="also write the (bytes, sensitivity) Pareto frontier")
@@ -194,16 +190,7 @@ def main(argv=None):
         bn = {l.name: l.bottlenecks[-1] for l in space.layers if l.has_bottleneck}
     fp32 = fp32_bytes(space.network)            # the project's fp32 baseline (largest network of the space)
     fp32_here = fp32_model_bytes(space, bn)     # fp32 at the genotype's bottlenecks (== fp32 at max ranks)
-    if args.budget_bytes is not None:
-        budget = float(args.budget_bytes)
-    elif args.budget_ratio is not None and args.budget_ratio <= 1:
-        budget = args.budget_ratio * fp32
-    elif args.budget_ratio is not None:
-        log.info("--budget-ratio %g > 1: read as a compression factor (budget = fp32 / %g)", args.budget_ratio,
-                 args.budget_ratio)
-        budget = fp32 / args.budget_ratio
-    else:
-        budget = fp32 / args.compression
+    budget = resolve_budget(args, fp32)
     sizes = layer_sizes(space, bn)
 
     t0 = time.time()

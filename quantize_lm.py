@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.cli import add_budget_args
+
 log = logging.getLogger("quantize_lm")
 BITS_FORMAT = "green-asr-lm-bits"
 
@@ -42,8 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--method", required=True, choices=("uniform", "kl", "hessian"))
     p.add_argument("--bits", type=int, help="uniform: the bit-width of every matrix")
-    p.add_argument("--budget-ratio", type=float, help="kl/hessian: packed LM <= float LM bytes / this")
-    p.add_argument("--budget-bytes", type=int, help="kl/hessian: packed LM <= this many payload bytes")
+    add_budget_args(p, what="LM (kl/hessian)")
     p.add_argument("--bit-choices", default="1,2,4,8", help="kl/hessian: widths a matrix may take (default %(default)s)")
     p.add_argument("--config", default="configs/lm_finetune_demo.yaml", help="YAML with a train: section "
                    "(default %(default)s)")
@@ -63,10 +64,10 @@ def parse_args(argv=None):
     else:
         if args.bits is not None:
             p.error(f"--bits is for --method uniform; --method {args.method} takes --budget-ratio or --budget-bytes")
-        if (args.budget_ratio is None) == (args.budget_bytes is None):
-            p.error(f"--method {args.method} needs exactly one of --budget-ratio and --budget-bytes")
-        if args.budget_ratio is not None and args.budget_ratio <= 1.0:
-            p.error("--budget-ratio must be > 1")
+        if args.budget_ratio is None and args.budget_bytes is None:
+            p.error(f"--method {args.method} needs --budget-ratio or --budget-bytes")
+        if args.budget_ratio is not None and args.budget_ratio < 1.0:
+            p.error("--budget-ratio is a compression factor >= 1")
     try:
         args.bit_choices = sorted({int(b) for b in args.bit_choices.split(",") if b.strip()})
     except ValueError:
@@ -90,6 +91,7 @@ def main(argv=None):
     from lm.score import load_lm, perplexity
     from lm.train import LMTrainer, LMTrainOptions
     from models.quantizers import check_bits
+    from training.cli import resolve_budget
     from training.experiment import load_sections
     from training.safe_io import write_json_atomic
 
@@ -122,7 +124,7 @@ def main(argv=None):
     if args.method == "uniform":
         bits, alloc = uniform_bits(cfg, args.bits), {"bits": args.bits}
     else:
-        budget = float(args.budget_bytes) if args.budget_bytes is not None else fp32 / args.budget_ratio
+        budget = resolve_budget(args, fp32)
         sens_path = out / "sensitivity.json"
         if sens_path.is_file():
             sens = {k: {int(b): v for b, v in d.items()} for k, d in json.loads(sens_path.read_text())["sensitivity"].items()}

@@ -279,7 +279,7 @@ class Runner(Report):
         else:
             sd = d / "search"
             cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(sd),
-                   "--target-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
+                   "--budget-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
             if self.search_config:
                 cmd += ["--config", self.search_config]
             if s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):

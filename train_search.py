@@ -2,8 +2,8 @@
 """Search per-layer bit-widths and bottleneck dims: a Gumbel-softmax supernet trained with LF-MMI under a
 model-size penalty; writes ``genotype.json`` (argmax architecture) for ``retrain.py``.
 
-    python train_search.py --data-dir data/synth_demo --space tdnnf_demo --target-mb 0.5 --out exp/search
-    python train_search.py ... --target-ratio 8        # budget = fp32 size / 8
+    python train_search.py --data-dir data/synth_demo --space tdnnf_demo --budget-bytes 500000 --out exp/search
+    python train_search.py ... --budget-ratio 8        # budget = fp32 size / 8
     python train_search.py ... --resume                # continue a killed search exactly
     torchrun --nproc_per_node 2 train_search.py ...    # DistributedDataParallel
 
@@ -34,7 +34,7 @@ from quant.cost_model import fp32_bytes
 from supernet.network import SuperNet
 from training import distributed
 from training.checkpoint import has_checkpoint
-from training.cli import add_debug_flag, number, run_main
+from training.cli import add_budget_args, add_debug_flag, number, resolve_budget, run_main
 from training.distill import DistillHook, DistillOptions
 from training.experiment import config_section, load_sections, make_batches, make_lfmmi, split_train, start_run
 from training.loop import TrainOptions, Trainer
@@ -145,11 +145,7 @@ def parse_args(argv=None):
     p.add_argument("--space", default="tdnnf_demo")
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/search sections")
     p.add_argument("--out", required=True)
-    t = p.add_mutually_exclusive_group()
-    t.add_argument("--target-bytes", type=number(above=0), help="size budget in packed bytes")
-    t.add_argument("--target-mb", type=number(above=0), help="size budget in MB (1e6 bytes)")
-    t.add_argument("--target-ratio", type=number(minimum=1),
-                   help="budget = fp32 size of the space's largest net / R (R >= 1; default 8)")
+    add_budget_args(p, default_ratio=8.0, what="model (the space's largest network)")
     p.add_argument("--init-from", default=None,
                    help="start the shared weights from this float model.pt (e.g. the fp32 baseline)")
     p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
@@ -189,12 +185,7 @@ def main(argv=None):
     net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
                               hard=bool(sopts["hard"]))
     fp32 = fp32_bytes(space.network)
-    if args.target_bytes is not None:
-        target = args.target_bytes
-    elif args.target_mb is not None:
-        target = args.target_mb * 1e6
-    else:
-        target = fp32 / (args.target_ratio if args.target_ratio is not None else 8.0)
+    target = resolve_budget(args, fp32, default_ratio=8.0)
     table = net.size_table()
     if target < table.min_bytes():
         raise SystemExit(f"target {target:.0f} bytes is below the smallest model of this space "

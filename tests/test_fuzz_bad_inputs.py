@@ -268,3 +268,24 @@ def test_nan_test_utterance_is_a_counted_skip(world, tmp_path):
     assert w["num_failed"] == 2 and [f["id"] for f in w["failed_utterances"]] == sorted(bad)
     assert all(f"utterance {b}: non-finite features" in r.stderr for b in bad)
     assert w["sentences"] == 8  # every utterance scored
+
+
+def test_budget_flags_are_one_name_everywhere_with_deprecated_aliases(capsys):
+    """--budget-bytes / --budget-ratio in every CLI; the older spellings set the same value with a warning."""
+    import argparse
+
+    from training.cli import add_budget_args, resolve_budget
+    p = argparse.ArgumentParser()
+    add_budget_args(p, default_ratio=8.0)
+    assert resolve_budget(p.parse_args([]), 800.0, default_ratio=8.0) == 100.0
+    assert resolve_budget(p.parse_args(["--budget-ratio", "4"]), 800.0) == 200.0
+    assert resolve_budget(p.parse_args(["--budget-bytes", "123"]), 800.0) == 123.0
+    assert capsys.readouterr().err == ""
+    for old, want in ((["--target-ratio", "4"], 200.0), (["--compression", "4"], 200.0),
+                      (["--target-bytes", "123"], 123.0), (["--target-mb", "0.0001"], 100.0)):
+        assert resolve_budget(p.parse_args(old), 800.0) == pytest.approx(want)
+        assert f"{old[0]} is deprecated" in capsys.readouterr().err
+    assert resolve_budget(p.parse_args(["--budget-ratio", "0.25"]), 800.0) == 200.0  # old fraction reading
+    assert "deprecated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        p.parse_args(["--budget-ratio", "4", "--target-bytes", "5"])  # one budget only

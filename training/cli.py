@@ -92,3 +92,60 @@ def number(minimum: float = None, above: float = None, integer: bool = False):
 
     parse.__name__ = "number"
     return parse
+
+
+# ------------------------------------------------------------------------------------------ size budget
+# One name for the size budget in every CLI (train_search.py, mixed_precision.py, quantize_lm.py):
+# --budget-bytes N (packed payload bytes) or --budget-ratio R (a compression factor: fp32 bytes / R).
+# Older spellings still work for one release, with a warning naming the new one.
+DEPRECATED_BUDGET_FLAGS = {"--target-bytes": "--budget-bytes", "--target-ratio": "--budget-ratio",
+                           "--compression": "--budget-ratio", "--target-mb": "--budget-bytes (in bytes)"}
+
+
+def _deprecated_flag(new: str):
+    import argparse
+
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"warning: {option_string} is deprecated; use {new}", file=sys.stderr, flush=True)
+            if option_string == "--target-mb":
+                namespace.budget_bytes = values * 1e6
+            else:
+                setattr(namespace, self.dest, values)
+
+    return Deprecated
+
+
+def add_budget_args(parser, required: bool = False, default_ratio: Optional[float] = None, what: str = "model"):
+    """``--budget-bytes`` / ``--budget-ratio`` (mutually exclusive) and their deprecated aliases; resolve
+    them with :func:`resolve_budget`."""
+    g = parser.add_mutually_exclusive_group(required=required)
+    dflt = f" (default {default_ratio:g})" if default_ratio is not None else ""
+    g.add_argument("--budget-bytes", type=number(above=0), help=f"packed {what} size budget in bytes")
+    g.add_argument("--budget-ratio", type=number(above=0),
+                   help=f"budget = fp32 {what} bytes / R, a compression factor R >= 1{dflt}")
+    g.add_argument("--target-bytes", dest="budget_bytes", type=number(above=0), action=_deprecated_flag("--budget-bytes"),
+                   help="deprecated: --budget-bytes")
+    g.add_argument("--target-mb", dest="budget_bytes", type=number(above=0), action=_deprecated_flag("--budget-bytes"),
+                   help="deprecated: --budget-bytes (MB = 1e6 bytes)")
+    for flag in ("--target-ratio", "--compression"):
+        g.add_argument(flag, dest="budget_ratio", type=number(minimum=1), action=_deprecated_flag("--budget-ratio"),
+                       help="deprecated: --budget-ratio")
+
+
+def resolve_budget(args, fp32_bytes: float, default_ratio: Optional[float] = None) -> Optional[float]:
+    """The budget in bytes from ``args.budget_bytes`` / ``args.budget_ratio`` (None when neither is given
+    and there is no default). A ratio below 1 is read as a fraction of the fp32 bytes (the older meaning of
+    mixed_precision.py's --budget-ratio), with a warning."""
+    if getattr(args, "budget_bytes", None) is not None:
+        return float(args.budget_bytes)
+    r = getattr(args, "budget_ratio", None)
+    if r is None:
+        r = default_ratio
+    if r is None:
+        return None
+    if r < 1:
+        print(f"warning: --budget-ratio {r:g} < 1 is read as a fraction of the fp32 size (budget = {r:g} x fp32); "
+              f"this reading is deprecated: give the compression factor {1 / r:g}", file=sys.stderr, flush=True)
+        return float(r) * fp32_bytes
+    return fp32_bytes / float(r)
