@@ -10,7 +10,8 @@
 
 Steps (lm/mixed_precision.py, lm/quant.py):
 
-1. ``--method uniform``: every matrix at ``--bits``. ``kl`` / ``hessian``: the sensitivity of every matrix at
+1. ``--method uniform``: every matrix at ``--bits``. ``file``: the ``weight_bits`` of ``--bits-from`` (the
+   LM search's ``lm_bits.json``, search_lm.py). ``kl`` / ``hessian``: the sensitivity of every matrix at
    every ``--bit-choices`` width on dev sentences (never test), then the allocation of least total
    sensitivity whose packed LM fits ``fp32 bytes / --budget-ratio`` (or ``--budget-bytes``).
 2. Quantization-aware fine-tuning from the float LM's weights on the LM text (``--config``'s ``train:``
@@ -42,7 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--init", required=True, help="float LM model.pt (train_lm.py)")
     p.add_argument("--data-dir", required=True, help="prepared corpus: LM text, dev and test transcripts")
     p.add_argument("--out", required=True)
-    p.add_argument("--method", required=True, choices=("uniform", "kl", "hessian"))
+    p.add_argument("--method", required=True, choices=("uniform", "kl", "hessian", "file"),
+                   help="file: the bits of --bits-from (e.g. search_lm.py's lm_bits.json)")
+    p.add_argument("--bits-from", help="--method file: a JSON with weight_bits (lm_bits.json)")
     p.add_argument("--bits", type=int, help="uniform: the bit-width of every matrix")
     add_budget_args(p, what="LM (kl/hessian)")
     p.add_argument("--bit-choices", default="1,2,4,8", help="kl/hessian: widths a matrix may take (default %(default)s)")
@@ -56,7 +59,12 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.method == "uniform":
+    if args.method == "file":
+        if not args.bits_from:
+            p.error("--method file needs --bits-from")
+        if args.bits is not None or args.budget_ratio is not None or args.budget_bytes is not None:
+            p.error("--method file takes its bits from --bits-from only")
+    elif args.method == "uniform":
         if args.bits is None:
             p.error("--method uniform needs --bits")
         if args.budget_ratio is not None or args.budget_bytes is not None:
@@ -123,6 +131,14 @@ def main(argv=None):
     # 1. bits per matrix
     if args.method == "uniform":
         bits, alloc = uniform_bits(cfg, args.bits), {"bits": args.bits}
+    elif args.method == "file":
+        try:
+            src = json.loads(Path(args.bits_from).read_text())
+            bits = {str(k): int(v) for k, v in src["weight_bits"].items()}
+            cfg.replace(weight_bits=bits)  # validates names and widths
+        except (OSError, KeyError, ValueError, AttributeError, TypeError) as e:
+            raise SystemExit(f"quantize_lm.py: --bits-from {args.bits_from}: {e}")
+        alloc = {"from": args.bits_from, "method": src.get("method"), "source": src.get("allocation")}
     else:
         budget = resolve_budget(args, fp32)
         sens_path = out / "sensitivity.json"

@@ -19,7 +19,8 @@ shows that the deployed file recognises what the packed model does; its bytes ar
 
 An ``lm:`` section adds the Transformer LM half of the system (docs/LM.md): ``systems`` (one ``fp32`` LM,
 trained by train_lm.py with ``train_config``, then ``uniform`` / ``kl`` / ``hessian`` LMs quantized from
-it by quantize_lm.py with ``quant_config``), ``acoustic`` (systems above whose n-best lists are rescored
+it by quantize_lm.py with ``quant_config``, and ``nas`` LMs searched by search_lm.py with ``search_config``
+and then quantized the same way), ``acoustic`` (systems above whose n-best lists are rescored
 with every LM: the fp32 LM's rescore.py run decodes, the others rescore the same lists), ``reference``
 (``[acoustic system, LM]``, default the first of each) and ``rescore_args``. Outputs: ``lm/<name>/``,
 ``<system>/rescore_<lm>/`` and ``system_results.{md,csv,json}``: AM, LM and system bytes, the system
@@ -56,8 +57,8 @@ REAL_KEYS = {"data_dir", "split", "lm_text", "decode_args"}
 # lm: the Transformer LM half of the system (docs/LM.md): LM systems (fp32 trained by train_lm.py, the others
 # quantized from it by quantize_lm.py), every acoustic system of `acoustic` rescored with every LM
 # (rescore.py; the fp32 LM's run decodes, the others rescore its n-best lists), and a system table.
-LM_KEYS = {"systems", "acoustic", "reference", "train_config", "quant_config", "rescore_args"}
-LM_KINDS = ("fp32", "uniform", "kl", "hessian")
+LM_KEYS = {"systems", "acoustic", "reference", "train_config", "quant_config", "search_config", "rescore_args"}
+LM_KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
 LM_SYSTEM_KEYS = {"name", "kind", "bits", "budget_ratio", "budget_bytes", "quant_args"}
 SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
                "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
@@ -126,7 +127,7 @@ def _check_lm(path, lm, am_names) -> None:
         names.append(s["name"])
         if s["kind"] == "uniform" and "bits" not in s:
             raise ValueError(f"{path}: lm system {s['name']} (uniform) needs bits")
-        if s["kind"] in ("kl", "hessian") and ("budget_ratio" in s) == ("budget_bytes" in s):
+        if s["kind"] in ("kl", "hessian", "nas") and ("budget_ratio" in s) == ("budget_bytes" in s):
             raise ValueError(f"{path}: lm system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
         _check_budget(path, s)
     if [s["kind"] for s in lm["systems"]].count("fp32") != 1 or lm["systems"][0]["kind"] != "fp32":
@@ -409,9 +410,27 @@ class Runner(Report):
         else:
             fp32 = self.lm_systems()[0]
             cmd = [PY, "quantize_lm.py", "--init", str(self.lm_file(fp32)), "--data-dir", self.data_dir, "--out",
-                   str(d), "--device", self.device, "--method", l["kind"]]
+                   str(d), "--device", self.device]
+            if l["kind"] == "nas":  # search (search_lm.py), then QAT of its argmax bits
+                sd = d / "search"
+                if not (sd / "lm_bits.json").is_file():
+                    scmd = [PY, "search_lm.py", "--init", str(self.lm_file(fp32)), "--data-dir", self.data_dir,
+                            "--out", str(sd), "--device", self.device]
+                    scmd += (["--budget-ratio", str(l["budget_ratio"])] if "budget_ratio" in l
+                             else ["--budget-bytes", str(int(l["budget_bytes"]))])
+                    if lm.get("search_config"):
+                        scmd += ["--config", str(lm["search_config"])]
+                    if has_checkpoint(sd / "checkpoint.pt"):
+                        scmd += ["--resume"]
+                    d.mkdir(parents=True, exist_ok=True)
+                    run(scmd + self.progress_args, d / "log.txt", self.console, "search the LM's bits")
+                cmd += ["--method", "file", "--bits-from", str(sd / "lm_bits.json")]
+            else:
+                cmd += ["--method", l["kind"]]
             if l["kind"] == "uniform":
                 cmd += ["--bits", str(int(l["bits"]))]
+            elif l["kind"] == "nas":
+                pass
             elif "budget_ratio" in l:
                 cmd += ["--budget-ratio", str(l["budget_ratio"])]
             else:

@@ -61,15 +61,15 @@ def main(argv=None):
         backends[f"torch_packed:{os.path.basename(os.path.dirname(os.path.abspath(p)))}"] = (p, lambda p=p: load_lm(p))
     work = tempfile.mkdtemp(prefix="bench_lm_")
     if not args.no_onnx:
-        try:
-            import onnxruntime  # noqa: F401
+        import importlib.util
 
-            from lm.onnx import export_lm_onnx, load_lm_onnx
+        from lm.onnx import export_lm_onnx, load_lm_onnx
+        if importlib.util.find_spec("onnxruntime") is None:
+            print("onnxruntime not installed: no onnx_fp32 backend", file=sys.stderr)
+        else:
             onnx_path = os.path.join(work, "lm.onnx")
             export_lm_onnx(args.fp32, onnx_path)
             backends["onnx_fp32"] = (onnx_path, lambda: load_lm_onnx(onnx_path))  # torch.get_num_threads() threads
-        except ImportError:
-            print("onnxruntime not installed: no onnx_fp32 backend", file=sys.stderr)
     models = {}
     for name, (path, load) in backends.items():
         model, vocab = load()

@@ -147,7 +147,8 @@ def test_compare_prints_pairwise_tests_of_finished_systems(tmp_path, capsys):
 
 
 LM_SECTION = {"systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u2", "kind": "uniform", "bits": 2},
-                          {"name": "kl", "kind": "kl", "budget_ratio": 16}],
+                          {"name": "kl", "kind": "kl", "budget_ratio": 16},
+                          {"name": "nas", "kind": "nas", "budget_ratio": 16}],
               "acoustic": ["fp32", "u4"], "reference": ["fp32", "fp32"], "rescore_args": ["--nbest", 5]}
 
 
@@ -179,9 +180,9 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
     cfg = rx.load_config(lm_config(tmp_path, LM_SECTION))
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
     refs = ["A B C D", "E F G H", "I J"]
-    hyps = {"fp32": refs, "u2": ["A B C X", "E F G H", "I J"], "kl": refs}
+    hyps = {"fp32": refs, "u2": ["A B C X", "E F G H", "I J"], "kl": refs, "nas": refs}
     am_bytes = {"fp32": 1000, "u4": 150}
-    lm_bytes = {"fp32": 4000, "u2": 300, "kl": 250}
+    lm_bytes = {"fp32": 4000, "u2": 300, "kl": 250, "nas": 240}
     for am, n in am_bytes.items():  # finished acoustic systems
         d = tmp_path / "exp" / am
         d.mkdir(parents=True)
@@ -195,6 +196,9 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
         cmds.append([str(c) for c in cmd])
         out = Path(cmd[cmd.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
+        if Path(cmd[1]).name == "search_lm.py":
+            (out / "lm_bits.json").write_text("{}")
+            return
         if Path(cmd[1]).name in ("train_lm.py", "quantize_lm.py"):
             n = lm_bytes[out.name]
             (out / "size.json").write_text(json.dumps({"bytes": n, "bits_per_weight": 32 * n / 4000}))
@@ -215,7 +219,9 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
     scripts = [(Path(c[1]).name, Path(c[c.index("--out") + 1]).name) for c in cmds]
     assert scripts == [("train_lm.py", "fp32"), ("rescore.py", "rescore_fp32"), ("rescore.py", "rescore_fp32"),
                        ("quantize_lm.py", "u2"), ("rescore.py", "rescore_u2"), ("rescore.py", "rescore_u2"),
-                       ("quantize_lm.py", "kl"), ("rescore.py", "rescore_kl"), ("rescore.py", "rescore_kl")]
+                       ("quantize_lm.py", "kl"), ("rescore.py", "rescore_kl"), ("rescore.py", "rescore_kl"),
+                       ("search_lm.py", "search"), ("quantize_lm.py", "nas"), ("rescore.py", "rescore_nas"),
+                       ("rescore.py", "rescore_nas")]
     by = {(Path(c[1]).name, c[c.index("--out") + 1]): c for c in cmds}
     q = by[("quantize_lm.py", str(tmp_path / "exp" / "lm" / "kl"))]
     assert q[q.index("--init") + 1] == str(tmp_path / "exp" / "lm" / "fp32" / "model.pt")
@@ -231,7 +237,12 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
     assert r["delta_test"] == pytest.approx(0.0) and r["p_test"] is not None
     assert row[("u4", "u2")]["delta_lm_dev"] == pytest.approx(10.0)  # 1 error in 10 words vs u4 + fp32 LM
     assert row[("fp32", "fp32")]["p_dev"] is None
-    assert (tmp_path / "exp" / "system_results.md").read_text().count("\n") == 2 + 6
+    q = by[("quantize_lm.py", str(tmp_path / "exp" / "lm" / "nas"))]
+    assert q[q.index("--method") + 1] == "file" and "--budget-ratio" not in q
+    assert q[q.index("--bits-from") + 1] == str(tmp_path / "exp" / "lm" / "nas" / "search" / "lm_bits.json")
+    s = by[("search_lm.py", str(tmp_path / "exp" / "lm" / "nas" / "search"))]
+    assert s[s.index("--budget-ratio") + 1] == "16"
+    assert (tmp_path / "exp" / "system_results.md").read_text().count("\n") == 2 + 8
     n = len(cmds)
     runner.run_lm_part()  # finished: nothing is rerun
     assert len(cmds) == n
