@@ -119,9 +119,11 @@ class Report:
         print("\n".join(lines), flush=True)
 
     def lossless(self, r: Dict[str, Any]) -> bool:
-        """No significant WER change against the row's reference on any evaluated set, the real-speech
-        set included (MAPSSWE p >= 0.05); the reference itself counts as lossless."""
-        return all(r.get(f"p_{sp}") is None or r[f"p_{sp}"] >= 0.05 for sp in self.eval_sets)
+        """No significant WER *increase* against the row's reference on any evaluated set, the real-speech
+        set included: the change is not significant (MAPSSWE p >= 0.05) or it is a decrease. The reference
+        itself counts as lossless."""
+        return all(r.get(f"p_{sp}") is None or r[f"p_{sp}"] >= 0.05 or r[f"delta_{sp}"] <= 0
+                   for sp in self.eval_sets)
 
     def result_line(self, r: Dict[str, Any]) -> str:
         """One line for a finished system: size, ratio, WER per split and its change against the reference."""
@@ -138,7 +140,7 @@ class Report:
         c = self.console
         c.line(f"table: {self.out / 'results.md'} (also .csv, .json)")
         c.line(f"plot:  {self.out / 'wer_vs_size.png'} (test WER against bytes on disk; dashed: the reference "
-               f"{self.reference}; hollow markers: not lossless, p < 0.05 on some split)")
+               f"{self.reference}; hollow markers: not lossless, a significant increase (p < 0.05) on some set)")
         c.line(f"TensorBoard: tensorboard --logdir {self.out}")
         if any(s["kind"] == "nas" for s in self.cfg["systems"]):
             c.line("    searched bit allocations (<system>/search/tb): images arch/bits_heatmap, arch/dims_heatmap "
@@ -190,13 +192,13 @@ class Report:
         for grp in groups:
             pts = sorted((r["bytes"], r[f"wer_{split}"], self.lossless(r)) for r in rows if r["group"] == grp)
             line, = ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "-", label=grp)
-            for b, w, ok in pts:  # filled: lossless (p >= 0.05 on every split); hollow: not
+            for b, w, ok in pts:  # filled: lossless (no significant increase on any set); hollow: not
                 ax.plot([b / 1e6], [w], "o", color=line.get_color(), markerfacecolor=line.get_color() if ok else "none")
         ref = next((r for r in rows if r["system"] == self.reference), None)
         if ref is not None:
             ax.axhline(ref[f"wer_{split}"], color="gray", linestyle="--", linewidth=1,
                        label=f"{self.reference} (reference)")
-        ax.set_title("filled: lossless vs its reference (p >= 0.05 on every split)", fontsize=8)
+        ax.set_title("filled: lossless vs its reference (no significant WER increase, p < 0.05, on any set)", fontsize=8)
         ax.set_xscale("log")
         from matplotlib.ticker import FuncFormatter, NullFormatter
 

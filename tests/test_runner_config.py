@@ -95,8 +95,11 @@ def test_real_speech_set_is_decoded_tabled_and_counts_for_lossless(tmp_path):
                                              "--acoustic-scale", "1.2"]
     assert runner.decode_command("dev") == ["--data-dir", "d", "--split", "dev", "--acoustic-scale", "1.2"]
     # lossless needs every evaluated set, the real one included
-    assert runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.3})
-    assert not runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01})
+    d = {"delta_dev": 1.0, "delta_test": 1.0, "delta_real": 1.0}
+    assert runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.3, **d})
+    assert not runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01, **d})
+    # a significant decrease is no loss: lossless means no significant WER increase
+    assert runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01, **d, "delta_real": -4.0})
     # a system is finished only once the real set is decoded too
     d = tmp_path / "exp" / "u4"
     for sp in ("dev", "test"):
