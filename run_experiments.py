@@ -462,25 +462,46 @@ class Runner(Report):
         run(cmd + [str(a) for a in lm.get("rescore_args", [])], d / "log.txt", self.console,
             f"rescore {am} with LM {l['name']}")
 
+    def lm_finished(self, l) -> bool:
+        return (self.lm_dir(l["name"]) / "size.json").is_file() and (self.lm_dir(l["name"]) / "ppl.json").is_file() \
+            and all((self.rescore_dir(am, l["name"]) / "rescore.json").is_file() for am in self.cfg["lm"]["acoustic"])
+
     def run_lm_part(self) -> List[Dict[str, Any]]:
-        """Every LM system, then every (acoustic system, LM) rescoring, then the system table."""
+        """Every LM system with its rescoring of every acoustic system, then the system table. Each LM is
+        locked by the runner working on it (``lm/<name>/.lock``), so several runners can share the LM part;
+        an LM's rescoring waits for the fp32 LM's n-best lists (left to a rerun when another runner is
+        still making them)."""
         lm = self.cfg["lm"]
         waiting = [a for a in lm["acoustic"] if not self.finished_named(a)]
         if waiting:
             self.console.line(f"LM rescoring waits for acoustic system(s) {', '.join(waiting)}: skipped here")
             return []
-        lock = SystemLock(self.out / "lm")
-        if not lock.acquire():
-            self.console.line("the LM systems are being run by another runner: skipped here")
-            return []
-        try:
-            for l in self.lm_systems():  # the fp32 LM first: its rescoring runs make the n-best lists
+        first = self.lm_systems()[0]
+        left = []
+        for l in self.lm_systems():  # the fp32 LM first: its rescoring runs make the n-best lists
+            if self.lm_finished(l):
+                continue
+            lock = SystemLock(self.lm_dir(l["name"]))
+            if not lock.acquire():
+                self.console.line(f"LM {l['name']} is being run by another runner: skipped here")
+                left.append(l["name"])
+                continue
+            try:
                 self.console.line(f"LM {l['name']} ({l['kind']})")
                 self.run_lm(l)
-                for am in lm["acoustic"]:
-                    self.run_rescore(am, l)
-        finally:
-            lock.release()
+                lists_ready = all((self.rescore_dir(am, first["name"]) / "rescore.json").is_file()
+                                  for am in lm["acoustic"])
+                if l is first or lists_ready:
+                    for am in lm["acoustic"]:
+                        self.run_rescore(am, l)
+                else:
+                    self.console.line(f"LM {l['name']}: rescoring waits for the fp32 LM's n-best lists")
+                    left.append(l["name"])
+            finally:
+                lock.release()
+        if left:
+            self.console.line(f"LM systems not finished here: {', '.join(left)}; rerun to complete the system table")
+            return []
         rows = [self.system_row(am, l) for am in lm["acoustic"] for l in self.lm_systems()]
         self.write_system_table(rows)
         return rows
