@@ -35,8 +35,8 @@ from lm.model import TransformerLM, TransformerLMConfig, matrix_names
 from lm.vocab import Vocab
 from models.tdnnf import TensorInfo
 from quant.cost_model import SizeReport, layout_size, tensor_bytes
-from quant.packing import (PackedModelError, payload_bytes, read_header, save_packed_file, pack_tensors,
-                           unpack_tensors)
+from quant.packing import (PackedModelError, checked_metadata, pack_tensors, payload_bytes, read_header,
+                           save_packed_file, unpack_tensors)
 
 FORMAT = "green-asr-lm-packed"
 FORMAT_VERSION = "1"
@@ -130,12 +130,7 @@ def load_packed_lm(path, device: str = "cpu", vocab: Optional[Vocab] = None) -> 
     fake-quantized model that was exported. ``vocab``, when given, must be the file's. Any bad input
     raises :class:`quant.packing.PackedModelError` (or ValueError for another vocabulary)."""
     path = str(path)
-    header = read_header(path)
-    meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
-        raise PackedModelError(f"{path}: not a {FORMAT} file (format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise PackedModelError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
+    meta = checked_metadata(path, FORMAT, FORMAT_VERSION)
     try:
         cfg = TransformerLMConfig.from_dict(json.loads(meta["config"]), source=path)
         file_vocab = Vocab(json.loads(meta["vocab"]))

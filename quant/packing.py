@@ -245,16 +245,22 @@ def unpack_tensors(path: str, layout: Sequence[TensorInfo], bits_of: Callable[[s
     return out
 
 
+def checked_metadata(path: str, fmt: str, version: str) -> Dict[str, str]:
+    """The string metadata of the packed file ``path`` after the header checks of :func:`read_header`,
+    refused unless its ``format`` is ``fmt`` and its ``format_version`` is ``version``."""
+    meta = read_header(path).get("__metadata__") or {}
+    if meta.get("format") != fmt:
+        raise PackedModelError(f"{path}: not a {fmt} file (format={meta.get('format')!r})")
+    if meta.get("format_version") != version:
+        raise PackedModelError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
+    return meta
+
+
 def read_packed(path: str) -> Tuple[TDNNFConfig, bool, Dict[str, str], List[PackedTensor]]:
     """``(config, include_xent, metadata, tensors in tensor_layout order)`` of a packed file, every tensor
     checked against the architecture (names, dtypes, shapes, code ranges, padding, finiteness). Raises
     PackedModelError on any bad input. :func:`load_packed` and the ONNX exporter read files through it."""
-    header = read_header(path)
-    meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
-        raise PackedModelError(f"{path}: not a {FORMAT} file (format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise PackedModelError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
+    meta = checked_metadata(path, FORMAT, FORMAT_VERSION)
     try:
         cfg_dict = json.loads(meta["config"])
         include_xent = bool(json.loads(meta.get("include_xent", "false")))

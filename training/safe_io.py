@@ -18,14 +18,15 @@ from typing import Any, Dict
 import torch
 
 
-def save_atomic(obj: Dict[str, Any], path) -> None:
-    """torch.save ``obj`` to ``path`` atomically (tmp file + fsync + os.replace)."""
+def _write_atomic(path, write, binary: bool) -> None:
+    """``write(f)`` into a temporary file beside ``path``, fsync, then os.replace: readers see the old file
+    or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,25 +34,18 @@ def save_atomic(obj: Dict[str, Any], path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj: Dict[str, Any], path) -> None:
+    """torch.save ``obj`` to ``path`` atomically (tmp file + fsync + os.replace)."""
+    _write_atomic(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def write_json_atomic(obj: Any, path) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (tmp file + fsync + os.replace)."""
     import json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _write_atomic(path, lambda f: json.dump(obj, f, indent=1), binary=False)
 
 
 class NonFiniteTensorError(ValueError):
