@@ -79,7 +79,7 @@ def slicing(args) -> dict:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     corpus = load_corpus(args.data_dir)
-    cfg = load_sections(args.config, ("train", "lfmmi", "quant")) if args.config else {}
+    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "distill")) if args.config else {}
     ev = Evaluator(corpus, cfg.get("lfmmi"))
     src = load_model_file(args.model)
     out = {"model": str(args.model), "split": args.split, "full": ev.objf(src, args.split)["objf_per_frame"],
@@ -169,7 +169,7 @@ def kendall_tau(a, b) -> float:
 
 def oneshot(args) -> dict:
     corpus = load_corpus(args.data_dir)
-    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "search")) if args.config else {}
+    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "search", "distill")) if args.config else {}
     ev = Evaluator(corpus, cfg.get("lfmmi"))
     sdir = Path(args.search)
     scfg = json.loads((sdir / "search_config.json").read_text())
