@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from runner.console import Console, run_stage
+from runner.console import Console, run_stage, stop_on_sigterm
 from runner.report import Report, compare_dirs  # noqa: F401  (compare_dirs: part of this module's interface)
 from training.cli import add_debug_flag, run_main
 
@@ -609,6 +609,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="print only the table (no stage lines, no progress bars)")
     add_debug_flag(p)
     args = p.parse_args(argv)
+    stop_on_sigterm()  # a SIGTERM stops the running stage too, not only the runner
     # the console shows the stages and their progress; each stage's commands and output are in its log.txt
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     cfg = load_config(args.config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,30 +60,62 @@ def run_stage(cmd: List[str], log_file: Path, console: Optional[Console] = None,
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE)
-        pending = b""
-        while True:
-            chunk = os.read(proc.stderr.fileno(), 65536)
-            if not chunk:
-                break
-            pending += chunk
-            # complete segments end with \n (a log line) or \r (a progress-bar frame)
-            parts = re.split(rb"([\r\n])", pending)
-            pending = parts[-1]  # an unfinished segment
-            for seg, end in zip(parts[0:-1:2], parts[1::2]):
-                text = seg.decode("utf-8", errors="replace")
-                if _BAR.search(text):
-                    if console is not None:
-                        console.progress(f"{label} {text.strip()}")
-                    continue
-                if text.strip() or end == b"\n":
-                    f.write(text + "\n")
-            f.flush()
-        if pending and not _BAR.search(pending.decode("utf-8", errors="replace")):
-            f.write(pending.decode("utf-8", errors="replace"))
+        try:
+            _forward_output(proc, f, console, label)
+        except BaseException:
+            # the runner is stopping (Ctrl-C, SIGTERM via stop_on_sigterm, an error): stop the stage too,
+            # so no orphan keeps writing into the system's directory
+            stop_process(proc)
+            raise
         rc = proc.wait()
     if rc != 0:
         raise RuntimeError(f"stage failed (exit {rc}): {' '.join(cmd)}: {last_error(log_file)} (log: {log_file})")
     return time.time() - t0
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM ``proc``, then SIGKILL it if it has not ended after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit(143) in this process, so ``finally`` blocks and :func:`run_stage`'s
+    clean-up run (the default SIGTERM action ends the process at once and leaves its stage running)."""
+    def _handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def _forward_output(proc: subprocess.Popen, f, console: Optional[Console], label: str) -> None:
+    """Copy ``proc``'s stderr into the log file ``f`` until it closes; progress-bar frames go to the
+    console instead."""
+    pending = b""
+    while True:
+        chunk = os.read(proc.stderr.fileno(), 65536)
+        if not chunk:
+            break
+        pending += chunk
+        # complete segments end with \n (a log line) or \r (a progress-bar frame)
+        parts = re.split(rb"([\r\n])", pending)
+        pending = parts[-1]  # an unfinished segment
+        for seg, end in zip(parts[0:-1:2], parts[1::2]):
+            text = seg.decode("utf-8", errors="replace")
+            if _BAR.search(text):
+                if console is not None:
+                    console.progress(f"{label} {text.strip()}")
+                continue
+            if text.strip() or end == b"\n":
+                f.write(text + "\n")
+        f.flush()
+    if pending and not _BAR.search(pending.decode("utf-8", errors="replace")):
+        f.write(pending.decode("utf-8", errors="replace"))
 
 
 def last_error(log_file: Path) -> str:

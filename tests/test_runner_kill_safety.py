@@ -67,3 +67,33 @@ def test_resuming_a_run_that_reached_max_steps_takes_no_further_step(tiny_corpus
     assert "saved checkpoint" not in r.stderr
     assert ckpt.load(tmp_path / "checkpoint.pt")["step"] == 2
     assert (tmp_path / "model.pt").read_bytes() == model and (tmp_path / "size.json").is_file()
+
+
+def test_sigterm_to_the_runner_stops_its_stage(tmp_path):
+    """A SIGTERM to a runner ends the stage subprocess it is running, not only the runner (which would
+    leave an orphan writing into the system's directory)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "stage.pid"
+    stage = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    runner = (
+        "import sys; from pathlib import Path; from runner.console import run_stage, stop_on_sigterm\n"
+        "stop_on_sigterm()\n"
+        f"run_stage([sys.executable, '-c', {stage!r}], Path({str(tmp_path / 'log.txt')!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", runner], cwd=os.path.dirname(os.path.dirname(__file__)))
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    stage_pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    try:
+        os.kill(stage_pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the stage outlived its runner"
