@@ -29,7 +29,7 @@ from decoding.cli import (add_graph_args, add_model_run_args, build_graph, failu
 from decoding.decoder import DecoderConfig, compute_outputs, cut_references, decode_outputs, sweep
 from decoding.significance import compare_systems
 from decoding.wer import read_text_file, write_results
-from training.cli import add_debug_flag, run_main
+from training.cli import HelpFormatter, add_debug_flag, run_main
 
 # training.data (and through it torch) is imported inside main(): importing torch takes seconds, and
 # --help, argument errors and --build-graph-only do not need it.
@@ -38,7 +38,7 @@ log = logging.getLogger("decode")
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--config", help="YAML file whose keys override these options (dashes or underscores)")
     ap.add_argument("--model", help="model file for training.checkpoint.load_acoustic_model")
     ap.add_argument("--data-dir", required=False, default="data/synth_demo")

@@ -34,7 +34,7 @@ from search_spaces.genotype import Genotype
 from search_spaces.space import load_search_space
 from supernet.network import SuperNet
 from training import checkpoint as ckpt
-from training.cli import add_debug_flag, run_main
+from training.cli import HelpFormatter, add_debug_flag, run_main
 from training.evaluate import Evaluator
 from training.experiment import load_corpus, load_sections, make_batches
 from training.model_io import load_model_file
@@ -219,22 +219,22 @@ def oneshot(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_debug_flag(p)  # before the sub-command: diagnose_search.py --debug slicing ...
     sub = p.add_subparsers(dest="cmd", required=True)
-    q = sub.add_parser("quant-error", help="relative weight error per bit-width")
+    q = sub.add_parser("quant-error", formatter_class=HelpFormatter, help="relative weight error per bit-width")
     q.add_argument("--model", required=True)
     q.add_argument("--space", default="tdnnf_demo")
-    s = sub.add_parser("slicing", help="dev objective of the fp32 model sliced to smaller bottlenecks")
+    s = sub.add_parser("slicing", formatter_class=HelpFormatter, help="dev objective of the fp32 model sliced to smaller bottlenecks")
     s.add_argument("--model", required=True)
     s.add_argument("--data-dir", required=True)
     s.add_argument("--config", default=None, help="YAML with an lfmmi section (default: built-in defaults)")
     s.add_argument("--split", default="dev")
     s.add_argument("--dims", type=int, nargs="+", default=[32, 48])
-    r = sub.add_parser("ranking", help="penalty-free search vs a sensitivity ranking")
+    r = sub.add_parser("ranking", formatter_class=HelpFormatter, help="penalty-free search vs a sensitivity ranking")
     r.add_argument("--search", required=True, help="train_search.py output dir (arch_probs.json)")
     r.add_argument("--sensitivity", required=True, help="*.sensitivity.json of mixed_precision.py")
-    o = sub.add_parser("oneshot", help="inherited-weight dev loss vs retrained dev WER")
+    o = sub.add_parser("oneshot", formatter_class=HelpFormatter, help="inherited-weight dev loss vs retrained dev WER")
     o.add_argument("--search", required=True, help="train_search.py output dir (checkpoint.pt)")
     o.add_argument("--data-dir", required=True)
     o.add_argument("--config", default=None, help="YAML with an lfmmi section")

@@ -20,13 +20,13 @@ import argparse
 import json
 import sys
 
-from training.cli import add_debug_flag, run_main
+from training.cli import HelpFormatter, add_debug_flag, run_main
 
 
 def main(argv=None) -> int:
     from quant.onnx_export import ACCURACY_LEVELS, KERNELS
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="packed acoustic model (.safetensors) written by retrain.py")
     src.add_argument("--lm", help="Transformer LM (model.pt) written by train_lm.py: float32 graph (lm/onnx.py)")

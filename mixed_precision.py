@@ -41,7 +41,7 @@ from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, 
                                   pareto_frontier)
 from sensitivity.hessian import hessian_sensitivity, lfmmi_closures
 from sensitivity.kl import kl_sensitivity
-from training.cli import add_budget_args, add_debug_flag, number, resolve_budget, run_main
+from training.cli import HelpFormatter, add_budget_args, add_debug_flag, number, resolve_budget, run_main
 from training.experiment import load_corpus, make_batches, make_lfmmi
 from training.model_io import load_model_file
 
@@ -54,7 +54,7 @@ _QUANT_FIELDS = ("quant_per_channel", "quant_scale")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--method", choices=["kl", "hessian"], help="sensitivity measure (not with --sensitivity-in)")
     p.add_argument("--sensitivity-in", default=None, help="reuse a sensitivity JSON written by this tool")
     p.add_argument("--model", required=True, help="float model.pt (retrain.py) to measure / size")

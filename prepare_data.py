@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.cli import HelpFormatter
+
 logger = logging.getLogger("prepare_data")
 
 _OUTPUTS = ("audio", "feats", "lang", "cuts_train.jsonl.gz", "cuts_dev.jsonl.gz", "cuts_test.jsonl.gz",
@@ -31,7 +33,7 @@ _OUTPUTS = ("audio", "feats", "lang", "cuts_train.jsonl.gz", "cuts_dev.jsonl.gz"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--corpus", required=True, choices=("synth", "switchboard", "kaldi", "asterisk"),
                    help="synth: the embedded TTS corpus; asterisk: the real-speech check set (dev/test only, "
                         "fetched from Debian's registry, corpus.realspeech)")

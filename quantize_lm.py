@@ -32,14 +32,14 @@ import sys
 import time
 from pathlib import Path
 
-from training.cli import add_budget_args
+from training.cli import HelpFormatter, add_budget_args
 
 log = logging.getLogger("quantize_lm")
 BITS_FORMAT = "green-asr-lm-bits"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--init", required=True, help="float LM model.pt (train_lm.py)")
     p.add_argument("--data-dir", required=True, help="prepared corpus: LM text, dev and test transcripts")
     p.add_argument("--out", required=True)

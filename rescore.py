@@ -45,6 +45,7 @@ from decoding.lm import NgramModel
 from decoding.nbest import nbest_outputs
 from decoding.significance import compare_systems
 from decoding.wer import write_results
+from training.cli import HelpFormatter
 
 # lm.rescore and training.data (and through them torch) are imported inside main(): importing torch takes
 # seconds, and --help and argument errors do not need it.
@@ -57,7 +58,7 @@ def _floats(text: str):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--model", help="acoustic model (training.checkpoint.load_acoustic_model)")
     ap.add_argument("--nbest-from", help="output dir of an earlier rescore.py run: rescore its n-best lists "
                     "instead of decoding (then --model is not used)")

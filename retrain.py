@@ -32,7 +32,7 @@ from quant.packing import export_packed
 from search_spaces.genotype import Genotype
 from training import distributed
 from training.checkpoint import has_checkpoint
-from training.cli import add_debug_flag, number, run_main
+from training.cli import HelpFormatter, add_debug_flag, number, run_main
 from training.distill import DistillHook, DistillOptions
 from training.experiment import config_section, load_sections, make_batches, make_lfmmi, start_run
 from training.loop import TrainHook, TrainOptions, Trainer
@@ -108,7 +108,7 @@ def quant_options(d) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True, help="prepared corpus (prepare_data.py)")
     p.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
     g = p.add_mutually_exclusive_group()

@@ -43,7 +43,7 @@ import yaml
 
 from runner.console import Console, run_stage, stop_on_sigterm
 from runner.report import Report, compare_dirs  # noqa: F401  (compare_dirs: part of this module's interface)
-from training.cli import add_debug_flag, run_main
+from training.cli import HelpFormatter, add_debug_flag, run_main
 
 log = logging.getLogger("run_experiments")
 PY = sys.executable
@@ -595,7 +595,7 @@ class Runner(Report):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--out", default=None, help="default: the config's out, else exp/<config name>")
     p.add_argument("--device", default=None)

@@ -24,6 +24,8 @@ import logging
 import math
 import sys
 
+from training.cli import HelpFormatter
+
 # lm.score and lm.vocab are imported inside main(): lm.score brings torch, seconds to import, which --help
 # and argument errors do not need.
 
@@ -50,7 +52,7 @@ def read_scoring_text(path, utt_ids: bool):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="model.pt written by train_lm.py")
     p.add_argument("--text", required=True, help="sentences to score, one a line")
     p.add_argument("--utt-ids", action="store_true", help="the first field of each line is an id")

@@ -23,13 +23,13 @@ import random
 import sys
 from pathlib import Path
 
-from training.cli import add_budget_args
+from training.cli import HelpFormatter, add_budget_args
 
 log = logging.getLogger("search_lm")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--init", required=True, help="float LM model.pt (train_lm.py)")
     p.add_argument("--data-dir", required=True, help="prepared corpus: its LM text")
     p.add_argument("--out", required=True)

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.cli import HelpFormatter
+
 # The project modules (lm.*, training.experiment, decoding.graph) are imported inside the functions: lm.*
 # and training.* bring torch, seconds to import, which --help and argument errors do not need.
 
@@ -49,7 +51,7 @@ def load_config(path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True, help="prepared corpus (prepare_data.py)")
     p.add_argument("--config", default=None, help="YAML with model: and train: sections")
     p.add_argument("--out", required=True)

@@ -34,7 +34,7 @@ from quant.cost_model import fp32_bytes
 from supernet.network import SuperNet
 from training import distributed
 from training.checkpoint import has_checkpoint
-from training.cli import add_budget_args, add_debug_flag, number, resolve_budget, run_main
+from training.cli import HelpFormatter, add_budget_args, add_debug_flag, number, resolve_budget, run_main
 from training.distill import DistillHook, DistillOptions
 from training.experiment import config_section, load_sections, make_batches, make_lfmmi, split_train, start_run
 from training.loop import TrainOptions, Trainer
@@ -140,7 +140,7 @@ def search_options(d):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--space", default="tdnnf_demo")
     p.add_argument("--config", default=None, help="YAML with train/lfmmi/search sections")

@@ -24,11 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from training.cli import HelpFormatter
+
 log = logging.getLogger("verify_transcripts")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True, help="acoustic model file (retrain.py / train output model.pt)")
     ap.add_argument("--data-dir", required=True, type=Path, help="the prepared corpus to check")
     ap.add_argument("--train-data-dir", required=True, type=Path,

@@ -24,10 +24,11 @@ from decoding.decoder import DecoderConfig, decode_matrix  # noqa: E402
 from decoding.graph import get_graph  # noqa: E402
 from decoding.lm import estimate  # noqa: E402
 from lang.lexicon import Lexicon, cmudict_prons  # noqa: E402
+from training.cli import HelpFormatter  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--vocab", type=int, default=3000)
     ap.add_argument("--sentences", type=int, default=20000)
     ap.add_argument("--order", type=int, default=3)

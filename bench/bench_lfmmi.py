@@ -28,6 +28,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from training.cli import HelpFormatter  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -115,7 +117,7 @@ def child(args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--graph", default="bigram-full", choices=["bigram-full", "2gram", "3gram", "4gram"])
     ap.add_argument("--data-dir", default=None,
                     help="prepared corpus (e.g. data/synth_demo): den graph from its lexicon and LM text")

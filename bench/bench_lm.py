@@ -31,9 +31,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from training.cli import HelpFormatter  # noqa: E402
+
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--fp32", required=True, help="float LM model.pt")
     ap.add_argument("--packed", action="append", default=[], help="packed LM model.safetensors (repeatable)")
     ap.add_argument("--nbest", required=True, help="nbest.jsonl of a rescore.py run")

@@ -36,6 +36,9 @@ import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from training.cli import HelpFormatter  # noqa: E402
 
 
 def rss_mb():
@@ -157,7 +160,7 @@ def prepare(args, work):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--fp32", help="fp32 packed model (.safetensors)")
     ap.add_argument("--packed", action="append", help="low-bit packed model (.safetensors); repeatable")
     ap.add_argument("--data-dir", default="data/synth_tel")

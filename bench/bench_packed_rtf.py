@@ -26,6 +26,7 @@ from decoding.graph import default_lm_text, get_graph  # noqa: E402
 from lang.lexicon import Lexicon  # noqa: E402
 from training.checkpoint import load_acoustic_model  # noqa: E402
 from training.data import load_cuts  # noqa: E402
+from training.cli import HelpFormatter  # noqa: E402
 
 
 def measure(path, cuts, graph, repeats, device):
@@ -51,7 +52,7 @@ def measure(path, cuts, graph, repeats, device):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--fp32", required=True)
     ap.add_argument("--packed", required=True)
     ap.add_argument("--data-dir", default="data/synth_demo")

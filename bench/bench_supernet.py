@@ -36,6 +36,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from training.cli import HelpFormatter  # noqa: E402
+
 import torch  # noqa: E402
 
 from lfmmi.graphs import DictLexicon, NumeratorCompiler, build_den_graph  # noqa: E402
@@ -62,7 +64,7 @@ def make_lfmmi(B, T_in, seed):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--space", default="tdnnf_demo", help="search space name or YAML path")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--frames", type=int, default=300, help="input frames per utterance (T_out = (T+2)//3)")

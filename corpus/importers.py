@@ -21,6 +21,7 @@ import soundfile as sf
 
 from corpus.text import number_to_words
 from corpus.validate import DataError, Problem, SkipLog
+from lang.lexicon import Lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -400,8 +401,6 @@ def find_swbd_lexicon(transcripts_dir: Path) -> Path:
 def load_swbd_lexicon(path: Path):
     """Read ``sw-ms98-dict.text`` (``word ph ph ...``, ``#`` comments) as a Lexicon: words and phones
     upper-cased, noise entries (``[laughter]`` ...) left out (the normaliser drops those tokens)."""
-    from lang.lexicon import Lexicon
-
     prons: Dict[str, List[Tuple[str, ...]]] = {}
     for line in Path(path).read_text(errors="replace").splitlines():
         parts = line.split()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from corpus.text import number_to_words
+from corpus.importers import _file_problem
 from corpus.validate import Problem, SkipLog
 
 logger = logging.getLogger(__name__)
@@ -128,8 +129,6 @@ def import_asterisk(root: Path, sample_rate: int, log: SkipLog) -> Dict[str, obj
     ``log``; files under the sounds directory that no index entry names are counted too (``unindexed``).
     The recordings keep their own rate (8 kHz); the common stage resamples to ``sample_rate``."""
     from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
-
-    from corpus.importers import _file_problem
 
     root = Path(root)
     sounds = root / SOUNDS

@@ -35,6 +35,7 @@ from corpus import tts
 from corpus.augment import (AugmentConfig, _noise, add_noise, apply_augmentation,  # noqa: F401 (re-exported)
                             effect_counts, plan_augmentation)
 from corpus.text import load_sentences
+from lang.lexicon import cmudict_prons
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,6 @@ def plan(size: str, seed: int, augment: AugmentConfig = AugmentConfig()
     """Sentences, speakers and augmentation plans for every utterance (no audio yet), and the extra LM
     sentences.  Plans (``{utt_id: plan}``) are drawn for training utterances only and listed only when
     not empty; with the default ``augment`` they are today's noise plans, draw for draw."""
-    from lang.lexicon import cmudict_prons
-
     cmu = cmudict_prons()
     sentences = load_sentences(lambda w: w in cmu)
     by_split = split_sentences(sentences, SIZES[size], seed)

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from lm.data import collate, encode_sentences
 from lm.model import TransformerLM, TransformerLMConfig
+from lm.quant import load_packed_lm
 from lm.vocab import Vocab
 from training.safe_io import load, save_atomic
 
@@ -102,7 +103,6 @@ def load_lm(path, device="cpu", vocab: Optional[Vocab] = None) -> Tuple[Transfor
     different one is refused with the first difference named."""
     p = Path(path)
     if p.suffix == ".safetensors":  # a packed low-bit LM (quantize_lm.py)
-        from lm.quant import load_packed_lm
         return load_packed_lm(p, device, vocab)
     obj = load(p)
     if obj.get("format") != MODEL_FORMAT:

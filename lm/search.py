@@ -18,19 +18,23 @@ matrix). The feed-forward width is not searched.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from tqdm import tqdm
 
 from lm.model import TransformerLM, _QuantState, matrix_names
 from lm.quant import fixed_bytes, matrix_bytes
 from models.quantizers import check_bits, fake_quant
 from nas.arch_params import ArchParams, LayerChoices
 from nas.architect import Architect
+from nas.derive import log_arch_tensorboard
 from nas.penalty import SizePenalty, SizeTable
+from training.safe_io import load, save_atomic
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -207,13 +211,6 @@ def run_search(net: LMSupernet, train, held, opts: LMSearchOptions, target_bytes
     (the acoustic search's tags: ``arch/bits_heatmap``, ``arch/genotype_bars``, ``arch/argmax_mb``,
     ``arch/expected_mb``, ``arch/target_mb``, ``arch/entropy_mean``, ``arch/bits/<matrix>/<b>``, and
     ``search/loss``, ``search/arch_loss``, ``search/penalty``). Returns the last epoch's record."""
-    import json
-
-    from tqdm import tqdm
-
-    from nas.derive import log_arch_tensorboard
-    from training.safe_io import load, save_atomic
-
     out_dir.mkdir(parents=True, exist_ok=True)
     net.to(device)
     w_opt = torch.optim.Adam(net.weight_parameters(), lr=opts.lr)

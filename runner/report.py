@@ -12,15 +12,15 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from decoding.significance import compare_systems
+from decoding.wer import corpus_wer, read_text_file
+
 log = logging.getLogger("run_experiments")
 
 
 def compare_dirs(d: Path, ref_dir: Path):
     """(MAPSSWE p, paired-bootstrap p, WER change in points) of the hypotheses in ``d`` against those in
     ``ref_dir`` (each holding refs.txt and hyps.txt of one evaluated set)."""
-    from decoding.significance import compare_systems
-    from decoding.wer import corpus_wer, read_text_file
-
     refs = read_text_file(str(d / "refs.txt"))
     hyp, base = read_text_file(str(d / "hyps.txt")), read_text_file(str(ref_dir / "hyps.txt"))
     cmp = compare_systems(refs, hyp, base)

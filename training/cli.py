@@ -11,6 +11,8 @@ Parsers declare the flag with :func:`add_debug_flag` so that ``--help`` lists it
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import sys
 import traceback
 from typing import Callable, Optional, Sequence
@@ -30,6 +32,26 @@ def _yaml_error():
         return (yaml.YAMLError,)
     except ImportError:  # pragma: no cover
         return ()
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The CLIs' ``--help``: the module docstring as written, and each option's default after its help
+    (options without help text too; not for defaults of None or False, which mean "not given")."""
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and not _unset(action.default):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        if _unset(action.default) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _unset(default) -> bool:
+    return default is None or default is False or default == argparse.SUPPRESS or default == ""
 
 
 def add_debug_flag(parser) -> None:
