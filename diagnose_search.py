@@ -25,11 +25,13 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.bottleneck_order import order_bottlenecks_
+from models.layout import copy_weights_to_bottlenecks
 from models.quantizers import SCALE_MODES, fake_quant
-from models.tdnnf import TDNNF, copy_weights_to_bottlenecks
+from models.tdnnf import TDNNF
 from search_spaces.genotype import Genotype
 from search_spaces.space import load_search_space
 from supernet.network import SuperNet
@@ -97,10 +99,8 @@ def slicing(args) -> dict:
     return out
 
 
-def _ranks(x) -> "np.ndarray":
+def _ranks(x) -> np.ndarray:
     """Average ranks (1-based; ties share their mean rank)."""
-    import numpy as np
-
     x = np.asarray(x, dtype=float)
     order = np.argsort(x, kind="stable")
     r = np.empty(len(x))
@@ -113,8 +113,6 @@ def _ranks(x) -> "np.ndarray":
 
 def spearman(a, b) -> float:
     """Spearman's rank correlation (Pearson on average ranks); NaN when either side is constant."""
-    import numpy as np
-
     ra, rb = _ranks(a), _ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = float(np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 from models.bottleneck_order import ORDER_METHODS, order_bottlenecks_
-from models.tdnnf import bottleneck_index
 from quant.cost_model import fp32_bytes
 from search_spaces.space import load_search_space
 from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, layer_sizes, normalise_table,
@@ -106,7 +105,7 @@ def check_model_matches_space(model_cfg, space) -> None:
                          + ", ".join(f"{f} (model {getattr(model_cfg, f)!r}, space {getattr(net, f)!r})" for f in bad))
     for l in space.layers:
         if l.has_bottleneck:
-            d = model_cfg.bottleneck_dims[bottleneck_index(l.name)]
+            d = model_cfg.bottleneck_dims[l.bottleneck_index]
             if d not in l.bottlenecks:
                 raise SystemExit(f"model's {l.name} bottleneck {d} is not a choice of space {space.name} "
                                  f"({list(l.bottlenecks)})")
@@ -184,7 +183,7 @@ def main(argv=None):
     # the weights the retrain starts from (training.model_io.init_from orders the bottlenecks the same way)
     order_bottlenecks_(model, args.bottleneck_order)
     if args.bottlenecks == "model":
-        bn = {l.name: model.cfg.bottleneck_dims[bottleneck_index(l.name)] for l in space.layers
+        bn = {l.name: model.cfg.bottleneck_dims[l.bottleneck_index] for l in space.layers
               if l.has_bottleneck}
     else:
         bn = {l.name: l.bottlenecks[-1] for l in space.layers if l.has_bottleneck}

@@ -116,7 +116,7 @@ def prepare(args, work):
 
     sys.path.insert(0, ROOT)
     from decoding.decoder import _batches
-    from models.tdnnf import TDNNFConfig, contexts
+    from models.config import TDNNFConfig, contexts
     from quant.onnx_export import export_onnx
     from quant.packing import read_header
     from training.data import load_cuts
@@ -125,8 +125,8 @@ def prepare(args, work):
     export_onnx(args.fp32, paths["onnx_fp32"])
     packed = list(args.packed or [])
     if args.uniform_bits:
-        from models.tdnnf import weight_names
-        from quant.packing import export_packed, load_packed, read_header
+        from models.layout import weight_names
+        from quant.packing import export_packed, load_packed
 
         net = load_packed(args.fp32)
         meta = read_header(args.fp32)["__metadata__"]

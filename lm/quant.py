@@ -29,11 +29,9 @@ import json
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-
 from lm.model import TransformerLM, TransformerLMConfig, matrix_names
 from lm.vocab import Vocab
-from models.tdnnf import TensorInfo
+from models.layout import TensorInfo
 from quant.cost_model import SizeReport, layout_size, tensor_bytes
 from quant.packing import (PackedModelError, checked_metadata, pack_tensors, payload_bytes, read_header,
                            save_packed_file, unpack_tensors)

@@ -1,14 +1,14 @@
 """Order the bottleneck units of every TDNN-F layer by importance, without changing the network's function.
 
 A TDNN-F layer is ``y = A * (L * x)`` with the linear factor ``L`` (r, k*Din) and the affine factor ``A``
-(D, k*r) in Kaldi layout (k = 2 time-offset blocks for a stride > 0, else 1; :func:`models.tdnnf.slice_cols`).
+(D, k*r) in Kaldi layout (k = 2 time-offset blocks for a stride > 0, else 1; :func:`models.layout.slice_cols`).
 Nothing sits between the two factors (no bias, no nonlinearity), so for any orthogonal ``Q`` (r, r)
 
     L' = Q^T L,    A'_j = A_j Q   for every offset block j of A
 
 computes exactly the same layer, and ``L'`` stays row-orthonormal (up to its scale) when ``L`` is, so the
 semi-orthogonal constraint keeps holding. Slicing a layer to its first d units
-(:func:`models.tdnnf.copy_weights_to_bottlenecks`, the supernet's nested ranks) keeps the units with
+(:func:`models.layout.copy_weights_to_bottlenecks`, the supernet's nested ranks) keeps the units with
 index < d, so which d units come first matters. In a freshly trained network they come in no order.
 
 Methods (both use the weights only, no data):

@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from models.tdnnf import layer_groups
+from models.layout import layer_groups
 from nas.arch_params import ArchParams, LayerChoices, Weights
 from quant import cost_model
 
@@ -156,7 +156,7 @@ def size_table_from_cost_model(cfg, layers: Sequence[LayerChoices]) -> SizeTable
     """Adapter to ``quant.cost_model.size_table`` (bytes of each genotype layer at each (bits, bottleneck);
     layers without a bottleneck are keyed by dim 0 there). Every stored tensor belongs to a genotype layer,
     so the constant part is 0 (the xent branch is training-only and not counted, as in the cost model)."""
-    missing = {g for g, _, _ in _groups(cfg)} - {l.name for l in layers}
+    missing = {g.name for g in _groups(cfg)} - {l.name for l in layers}
     const = 0.0
     for g in missing:  # a layer the caller does not list: counted at the config's own bits/bottleneck
         const += float(cost_model.model_size(cfg).per_layer.get(g, 0))

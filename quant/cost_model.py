@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from models.tdnnf import TDNNFConfig, TensorInfo, bottleneck_index, layer_groups, tensor_layout
+from models.config import TDNNFConfig
+from models.layout import TensorInfo, layer_groups, tensor_layout
 from models.quantizers import check_bits
 
 FLOAT_BYTES = 4       # float32 weights (bits=32), biases, BN stats
@@ -119,16 +120,16 @@ def fp32_bytes(cfg: TDNNFConfig, include_xent: bool = False) -> int:
 
 
 def layer_bytes(cfg: TDNNFConfig, layer: str, bits: int, bottleneck: Optional[int] = None) -> int:
-    """Bytes of one genotype layer (see models.tdnnf.layer_groups) with all its weights at ``bits`` and, for a
+    """Bytes of one genotype layer (see models.layout.layer_groups) with all its weights at ``bits`` and, for a
     TDNN-F layer, rank ``bottleneck`` (None: the config's). Includes the layer's biases and BN stats."""
     check_bits(bits)
-    groups = {g: (ws, hb) for g, ws, hb in layer_groups(cfg)}
+    groups = {g.name: g for g in layer_groups(cfg)}
     if layer not in groups:
         raise KeyError(f"unknown layer {layer!r}; layers are {list(groups)}")
     if bottleneck is not None:
-        if not groups[layer][1]:
+        if not groups[layer].has_bottleneck:
             raise ValueError(f"layer {layer!r} has no bottleneck")
-        i = bottleneck_index(layer)
+        i = groups[layer].bottleneck_index
         dims = list(cfg.bottleneck_dims)
         dims[i] = int(bottleneck)
         cfg = cfg.replace(bottleneck_dims=dims)

@@ -47,7 +47,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from models.quantizers import qmax_for
-from models.tdnnf import TDNNFConfig, contexts, subsampling_point
+from models.config import TDNNFConfig, contexts, subsampling_point
 from quant.packing import PackedTensor, read_packed
 
 FORMAT = "green-asr-tdnnf-onnx"

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from models.tdnnf import TDNNFConfig
+from models.config import TDNNFConfig
 from quant.onnx_export import FORMAT, FORMAT_VERSION
 
 

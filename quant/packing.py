@@ -5,7 +5,7 @@ loading a file cannot run code); the header is validated against the payload by 
 offsets inside the file, no overlap); tensors can be memory-mapped; and the string metadata in the header
 carries the architecture, so one file is the whole model.
 
-Contents (names from ``models.tdnnf.tensor_layout``):
+Contents (names from ``models.layout.tensor_layout``):
 
 * weight ``W`` at b < 32 bits: ``W.codes`` uint8 1-D, the integer codes of the whole tensor row-major,
   offset to unsigned (``u = q + qmax``; 1 bit: ``u = (q + 1) / 2``) and packed ``8 / b`` a byte, code i of a
@@ -29,7 +29,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, TensorInfo, tensor_layout, weight_names
+from models.config import TDNNFConfig
+from models.layout import TensorInfo, tensor_layout, weight_names
+from models.tdnnf import TDNNF
 from quant.cost_model import model_size, stored_tensors
 from models.quantizers import check_bits, dequantize, qmax_for, quantize_to_codes
 
@@ -189,7 +191,7 @@ class PackedTensor:
     dequantized); for a weight stored below 32 bits, ``codes`` (int8, layout shape; 1 bit: +-1) and
     ``scales`` (float32, ``(rows,)`` or ``(1,)``, float16-exact) are what the file holds."""
     name: str
-    kind: str                      # models.tdnnf.TensorInfo.kind
+    kind: str                      # models.layout.TensorInfo.kind
     bits: int                      # 32 for float tensors
     value: torch.Tensor
     codes: Optional[torch.Tensor] = None

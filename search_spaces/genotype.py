@@ -9,7 +9,7 @@
                 {"name": "output", "bits": 8, "bottleneck": null}],
      "expected_size_bytes": 812345, "source": {"run": "exp/search_demo", "epoch": 6}}
 
-A genotype layer covers (models.tdnnf.layer_groups): ``tdnn1`` its affine; ``tdnnfI`` both factors (same
+A genotype layer covers (models.layout.layer_groups): ``tdnn1`` its affine; ``tdnnfI`` both factors (same
 bits) and the rank ``bottleneck``; ``prefinal`` prefinal_l and the chain prefinal affine + linear;
 ``output`` the chain output affine. ``bottleneck`` is null for layers without one. The xent branch is
 training-only float and not in the genotype. ``expected_size_bytes`` is the packed size from
@@ -21,7 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from models.tdnnf import TDNNFConfig, bottleneck_index
+from models.config import TDNNFConfig
+from models.layout import apply_layer_choices
 from quant.cost_model import model_size
 from search_spaces.space import SearchSpace
 
@@ -146,15 +147,7 @@ class Genotype:
     def to_config(self, space: SearchSpace, num_pdfs: Optional[int] = None) -> TDNNFConfig:
         """The TDNN-F config (bottleneck dims + per-weight bits) this genotype describes."""
         self.validate(space, check_size=False)
-        dims = list(space.network.bottleneck_dims)
-        bits: Dict[str, int] = {}
-        for l, s in zip(self.layers, space.layers):
-            for w in s.weights:
-                if l.bits != 32:
-                    bits[w] = l.bits
-            if s.has_bottleneck:
-                dims[bottleneck_index(l.name)] = l.bottleneck
-        cfg = space.network.replace(bottleneck_dims=dims, weight_bits=bits)
+        cfg = apply_layer_choices(space.network, {l.name: (l.bits, l.bottleneck) for l in self.layers})
         if num_pdfs is not None:
             cfg = cfg.replace(num_pdfs=int(num_pdfs))
         return cfg

@@ -4,10 +4,10 @@ File format::
 
     name: tdnnf_demo                 # the genotype's "search_space"
     description: free text           # optional
-    network: {...}                   # models.tdnnf.TDNNFConfig fields (base network; num_pdfs may be null)
+    network: {...}                   # models.config.TDNNFConfig fields (base network; num_pdfs may be null)
     choices:
       default: {bits: [1, 2, 4, 8, 32], bottleneck: [32, 48, 64]}
-      layers:                        # optional per-layer overrides (layer names: models.tdnnf.layer_groups)
+      layers:                        # optional per-layer overrides (layer names: models.layout.layer_groups)
         tdnn1: {bits: [4, 8, 32]}
         tdnnf3: {bottleneck: [48, 64]}
 
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from models.quantizers import SUPPORTED_BITS
-from models.tdnnf import ConfigError, TDNNFConfig, bottleneck_index, layer_groups
+from models.config import ConfigError, TDNNFConfig
+from models.layout import bottleneck_index, layer_groups
 from quant import cost_model
 
 SPACES_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -45,6 +46,13 @@ class LayerSpace:
     @property
     def has_bottleneck(self) -> bool:
         return self.bottlenecks is not None
+
+    @property
+    def bottleneck_index(self) -> int:
+        """Index of this layer's rank in ``TDNNFConfig.bottleneck_dims`` (layers with a bottleneck only)."""
+        if not self.has_bottleneck:
+            raise ValueError(f"layer {self.name!r} has no bottleneck")
+        return bottleneck_index(self.name)
 
 
 @dataclass
@@ -134,7 +142,7 @@ def search_space_from_dict(d: dict, num_pdfs: Optional[int] = None, path: Option
     if not isinstance(default, dict) or not isinstance(overrides, dict):
         raise SearchSpaceError("choices.default and choices.layers must be mappings")
     groups = layer_groups(net)
-    names = [g for g, _, _ in groups]
+    names = [g.name for g in groups]
     for k in overrides:
         if k not in names:
             raise SearchSpaceError(f"choices.layers.{k}: unknown layer (layers are {names})")
@@ -146,7 +154,8 @@ def search_space_from_dict(d: dict, num_pdfs: Optional[int] = None, path: Option
             raise SearchSpaceError(f"{where}: unknown field(s) {bad}")
     layers: List[LayerSpace] = []
     dims = list(net.bottleneck_dims)
-    for g, ws, has_b in groups:
+    for group in groups:
+        g, ws, has_b = group.name, group.weights, group.has_bottleneck
         o = overrides.get(g, {})
         if "bits" in o:
             bits = _check_bits(o["bits"], f"choices.layers.{g}.bits")
@@ -156,7 +165,7 @@ def search_space_from_dict(d: dict, num_pdfs: Optional[int] = None, path: Option
             bits = (32,)
         bn = None
         if has_b:
-            i = bottleneck_index(g)
+            i = group.bottleneck_index
             if "bottleneck" in o:
                 bn = _check_dims(o["bottleneck"], f"choices.layers.{g}.bottleneck", net.hidden_dim)
             elif "bottleneck" in default:

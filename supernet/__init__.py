@@ -6,7 +6,7 @@ replaced by its composite, architecture weights read from a ``nas.ArchParams``; 
 the shared weights into a standalone ``models.tdnnf.TDNNF``.
 """
 from supernet.mixing import mix_bits, mix_rank_cols, mix_rank_rows, slice_cols, slice_rows
-from supernet.network import SuperNet, genotype_config, layer_choices_for
+from supernet.network import SuperNet, layer_choices_for
 
-__all__ = ["SuperNet", "genotype_config", "layer_choices_for", "mix_bits", "mix_rank_cols",
+__all__ = ["SuperNet", "layer_choices_for", "mix_bits", "mix_rank_cols",
            "mix_rank_rows", "slice_cols", "slice_rows"]

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from models.tdnnf import slice_cols  # the affine factor's layout lives with the model
+from models.layout import slice_cols  # the affine factor's layout lives with the model
 from models.quantizers import fake_quant
 
 Flags = Optional[Sequence[bool]]
@@ -41,7 +41,7 @@ def _flag(flags: Flags, j: int) -> bool:
     return bool(flags[j]) if flags is not None else False
 
 
-def quantize(w: torch.Tensor, bits: int, per_channel: bool = True, scale: str = "maxabs", quant: bool = True,
+def quantize(w: torch.Tensor, bits: int, *, per_channel: bool = True, scale: str = "maxabs", quant: bool = True,
              frozen: bool = False) -> torch.Tensor:
     """``fake_quant(w, bits, ...)`` (``w`` itself when ``quant`` is False); detached when ``frozen``."""
     if frozen:
@@ -50,14 +50,14 @@ def quantize(w: torch.Tensor, bits: int, per_channel: bool = True, scale: str = 
     return fake_quant(w, int(bits), per_channel, scale) if quant else w
 
 
-def mix_bits(w: torch.Tensor, bits: Sequence[int], wb: torch.Tensor, per_channel: bool = True,
+def mix_bits(w: torch.Tensor, bits: Sequence[int], wb: torch.Tensor, *, per_channel: bool = True,
              scale: str = "maxabs", skip: Flags = None, quant: bool = True, frozen: Flags = None) -> torch.Tensor:
     """``sum_b wb[b] * fake_quant(w, bits[b])``. ``quant=False`` treats every candidate as float."""
     out = None
     for j, b in enumerate(bits):
         if _flag(skip, j):
             continue
-        term = wb[j] * quantize(w, b, per_channel, scale, quant, _flag(frozen, j))
+        term = wb[j] * quantize(w, b, per_channel=per_channel, scale=scale, quant=quant, frozen=_flag(frozen, j))
         out = term if out is None else out + term
     if out is None:
         raise ValueError("every candidate skipped")
@@ -83,7 +83,7 @@ def rank_masks(r: int, k: int, dims: Sequence[int], device=None, dtype=torch.flo
 
 
 def mix_rank_cols(w: torch.Tensor, k: int, dims: Sequence[int], wd: torch.Tensor, bits: Sequence[int],
-                  wb: torch.Tensor, per_channel: bool = True, scale: str = "maxabs", skip_d: Flags = None,
+                  wb: torch.Tensor, *, per_channel: bool = True, scale: str = "maxabs", skip_d: Flags = None,
                   skip_b: Flags = None, quant: bool = True, frozen_d: Flags = None,
                   frozen_b: Flags = None) -> torch.Tensor:
     """Affine-factor composite ``sum_d wd[d] pad(sum_b wb[b] Q_b(w[:, cols(d)]))`` (shape of ``w``).
@@ -115,13 +115,14 @@ def mix_rank_cols(w: torch.Tensor, k: int, dims: Sequence[int], wd: torch.Tensor
         elif b == 1 or not per_channel:
             m = None
             for jd in act_d:
-                q = quantize(slice_cols(w, k, int(dims[jd])), b, per_channel, scale, True, fb or _flag(frozen_d, jd))
+                q = quantize(slice_cols(w, k, int(dims[jd])), b, per_channel=per_channel, scale=scale,
+                             frozen=fb or _flag(frozen_d, jd))
                 t = wd[jd] * _pad_cols(q, k, r)
                 m = t if m is None else m + t
         else:
             if stacked is None:
                 stacked = (w[None] * masks[:, None, :]).reshape(len(act_d) * w.shape[0], w.shape[1])
-            q = quantize(stacked, b, True, scale, True, fb).reshape(len(act_d), w.shape[0], w.shape[1])
+            q = quantize(stacked, b, per_channel=True, scale=scale, frozen=fb).reshape(len(act_d), w.shape[0], w.shape[1])
             m = q[0] * wd_a[0] if len(act_d) == 1 else torch.einsum("d,dhc->hc", wd_a, q)
         term = wb[j] * m
         out = term if out is None else out + term
@@ -129,7 +130,7 @@ def mix_rank_cols(w: torch.Tensor, k: int, dims: Sequence[int], wd: torch.Tensor
 
 
 def mix_rank_rows(w: torch.Tensor, dims: Sequence[int], wd: torch.Tensor, bits: Sequence[int],
-                  wb: torch.Tensor, per_channel: bool = True, scale: str = "maxabs", skip_d: Flags = None,
+                  wb: torch.Tensor, *, per_channel: bool = True, scale: str = "maxabs", skip_d: Flags = None,
                   skip_b: Flags = None, quant: bool = True, frozen_d: Flags = None,
                   frozen_b: Flags = None) -> torch.Tensor:
     """Linear-factor composite over row prefixes (needed only when the quantizer is per tensor)."""
@@ -140,7 +141,8 @@ def mix_rank_rows(w: torch.Tensor, dims: Sequence[int], wd: torch.Tensor, bits: 
             continue
         fr = None if frozen_b is None and frozen_d is None else \
             [_flag(frozen_b, j) or _flag(frozen_d, jd) for j in range(len(bits))]
-        m = mix_bits(slice_rows(w, int(d)), bits, wb, per_channel, scale, skip_b, quant, fr)
+        m = mix_bits(slice_rows(w, int(d)), bits, wb, per_channel=per_channel, scale=scale, skip=skip_b, quant=quant,
+                     frozen=fr)
         if m.shape[0] != r:
             m = F.pad(m, (0, 0, 0, r - m.shape[0]))
         term = wd[jd] * m

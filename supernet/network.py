@@ -9,7 +9,7 @@ TDNN, ReLU/BN/dropout/bypass, subsampling, heads) is the standalone network's ow
 2. builds, per searchable weight, the composite of :mod:`supernet.mixing` (one matmul per layer);
 3. runs ``TDNNF.forward``.
 
-Genotype layers are those of :func:`models.tdnnf.layer_groups`: ``tdnn1``, ``tdnnf1..N`` (bits + rank),
+Genotype layers are those of :func:`models.layout.layer_groups`: ``tdnn1``, ``tdnnf1..N`` (bits + rank),
 ``prefinal`` (its three weights share the bits), ``output``. A layer the search space does not search has a
 single choice. The xent branch stays float (training only, not exported).
 
@@ -23,7 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, bottleneck_index, copy_weights_to_bottlenecks, layer_groups
+from models.config import TDNNFConfig
+from models.layout import apply_layer_choices, copy_weights_to_bottlenecks, layer_groups
+from models.tdnnf import TDNNF
 from nas.arch_params import ArchParams, LayerChoices
 from nas.derive import derive_genotype
 from nas.penalty import SizeTable, size_table_from_cost_model
@@ -42,39 +44,22 @@ def layer_choices_for(cfg: TDNNFConfig, choices: Dict[str, Tuple[Sequence[int], 
     """Genotype layers of ``cfg`` in network order with their candidates. ``choices[layer] = (bits,
     dims or None)``; a layer missing from ``choices`` is fixed at 32 bits (and the config's bottleneck)."""
     groups = layer_groups(cfg)
-    known = {g for g, _, _ in groups}
+    known = {g.name for g in groups}
     bad = sorted(set(choices) - known)
     if bad:
         raise ValueError(f"unknown layer(s) {bad}; genotype layers are {sorted(known)}")
     out = []
-    for name, _, has_b in groups:
-        bits, dims = choices.get(name, ((32,), None))
+    for g in groups:
+        bits, dims = choices.get(g.name, ((32,), None))
         bits = tuple(sorted(int(b) for b in bits))
-        if has_b:
-            i = bottleneck_index(name)
-            dims = tuple(sorted(int(d) for d in dims)) if dims else (int(cfg.bottleneck_dims[i]),)
+        if g.has_bottleneck:
+            dims = tuple(sorted(int(d) for d in dims)) if dims else (int(cfg.bottleneck_dims[g.bottleneck_index]),)
         else:
             if dims:
-                raise ValueError(f"layer {name} has no bottleneck, got bottleneck choices {dims}")
+                raise ValueError(f"layer {g.name} has no bottleneck, got bottleneck choices {dims}")
             dims = (None,)
-        out.append(LayerChoices(name, bits, dims))
+        out.append(LayerChoices(g.name, bits, dims))
     return out
-
-
-def genotype_config(cfg: TDNNFConfig, layers: Sequence[LayerChoices], choices: Sequence[Choice]) -> TDNNFConfig:
-    """The standalone config of one architecture: bottlenecks and per-weight bits set from ``choices``.
-    (Adapter: the same mapping as the search-space builder, kept here so the supernet needs only the
-    model's config.)"""
-    groups = {g: ws for g, ws, _ in layer_groups(cfg)}
-    dims = list(cfg.bottleneck_dims)
-    bits: Dict[str, int] = {}
-    for l, (b, d) in zip(layers, choices):
-        if l.name.startswith("tdnnf") and d is not None:
-            dims[bottleneck_index(l.name)] = int(d)
-        if int(b) != 32:
-            for w in groups[l.name]:
-                bits[w] = int(b)
-    return cfg.replace(bottleneck_dims=dims, weight_bits=bits)
 
 
 class SuperNet(TDNNF):
@@ -91,13 +76,13 @@ class SuperNet(TDNNF):
     def __init__(self, cfg: TDNNFConfig, layers: Sequence[LayerChoices], arch: Optional[ArchParams] = None,
                  **arch_kwargs):
         groups = layer_groups(cfg)
-        names = [g for g, _, _ in groups]
+        names = [g.name for g in groups]
         if [l.name for l in layers] != names:
             raise ValueError(f"layers must be the genotype layers in order {names}, got {[l.name for l in layers]}")
         dims = list(cfg.bottleneck_dims)
-        for l in layers:
-            if l.name.startswith("tdnnf"):
-                dims[bottleneck_index(l.name)] = max(int(d) for d in l.dims)
+        for g, l in zip(groups, layers):
+            if g.has_bottleneck:
+                dims[g.bottleneck_index] = max(int(d) for d in l.dims)
         self.base_cfg = cfg
         super().__init__(cfg.replace(bottleneck_dims=dims, weight_bits={}))
         self.arch = arch if arch is not None else ArchParams(layers, **arch_kwargs)
@@ -106,11 +91,10 @@ class SuperNet(TDNNF):
         self.choices: Tuple[LayerChoices, ...] = tuple(layers)
         # weight name -> (layer index, kind, time-offset count k)
         self._wmap: Dict[str, Tuple[int, str, int]] = {}
-        for li, (g, ws, has_b) in enumerate(groups):
-            for w in ws:
-                if has_b:
-                    i = bottleneck_index(g)
-                    k = 2 if self.cfg.time_strides[i] > 0 else 1
+        for li, g in enumerate(groups):
+            for w in g.weights:
+                if g.has_bottleneck:
+                    k = 2 if self.cfg.time_strides[g.bottleneck_index] > 0 else 1
                     self._wmap[w] = (li, "linear" if w.endswith(".linear") else "affine", k)
                 else:
                     self._wmap[w] = (li, "plain", 1)
@@ -181,14 +165,16 @@ class SuperNet(TDNNF):
         wb, wd = self._cur[li]
         sb, sd = self._skip[li] if self._skip is not None else (None, None)
         fb, fd = self._frozen[li] if self._frozen is not None else (None, None)
-        pc, sc, q = self.cfg.quant_per_channel, self.cfg.quant_scale, self.quant_enabled
+        opts = dict(per_channel=self.cfg.quant_per_channel, scale=self.cfg.quant_scale, quant=self.quant_enabled)
         if kind == "plain":
-            return mix_bits(w, layer.bits, wb, pc, sc, sb, q, fb)
+            return mix_bits(w, layer.bits, wb, skip=sb, frozen=fb, **opts)
         if kind == "affine":
-            return mix_rank_cols(w, k, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q, fd, fb)
-        if pc or not q or all(b == 32 for b in layer.bits):  # row scales do not depend on the rank kept
-            return mix_bits(w, layer.bits, wb, pc, sc, sb, q, fb)
-        return mix_rank_rows(w, layer.dims, wd, layer.bits, wb, pc, sc, sd, sb, q, fd, fb)
+            return mix_rank_cols(w, k, layer.dims, wd, layer.bits, wb, skip_d=sd, skip_b=sb, frozen_d=fd,
+                                 frozen_b=fb, **opts)
+        if opts["per_channel"] or not opts["quant"] or all(b == 32 for b in layer.bits):
+            return mix_bits(w, layer.bits, wb, skip=sb, frozen=fb, **opts)  # row scales ignore the rank kept
+        return mix_rank_rows(w, layer.dims, wd, layer.bits, wb, skip_d=sd, skip_b=sb, frozen_d=fd, frozen_b=fb,
+                             **opts)
 
     @contextlib.contextmanager
     def arch_gradients(self, enabled: bool = True):
@@ -218,12 +204,13 @@ class SuperNet(TDNNF):
     # ------------------------------------------------------------------ export
     def subnet_config(self, choices) -> TDNNFConfig:
         """Standalone config of a genotype (or ``[(bits, bottleneck), ...]``): the search space's own
-        ``Genotype.to_config`` when built from a space, else :func:`genotype_config`."""
+        ``Genotype.to_config`` when built from a space, else ``models.layout.apply_layer_choices`` (the
+        mapping both use)."""
         choices = self._as_choices(choices)
         if self.space is not None:
             g = Genotype(self.space.name, [LayerChoice(l.name, b, d) for l, (b, d) in zip(self.choices, choices)])
             return g.to_config(self.space)
-        return genotype_config(self.base_cfg, self.choices, choices)
+        return apply_layer_choices(self.base_cfg, {l.name: c for l, c in zip(self.choices, choices)})
 
     def _as_choices(self, genotype) -> List[Choice]:
         if hasattr(genotype, "layers"):

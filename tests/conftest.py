@@ -12,6 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from models.quantizers import SUPPORTED_BITS  # noqa: E402
+
+# a bit-width the code rejects (the smallest one missing from models.quantizers.SUPPORTED_BITS)
+INVALID_BITS = min(b for b in range(1, 33) if b not in SUPPORTED_BITS)
+
 
 def run_cli(args, cwd=ROOT, env=None, timeout=900):
     """Run a top-level CLI of this repository with the current interpreter; fail with its output."""

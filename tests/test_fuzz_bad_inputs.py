@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, corpus_with_nan_features, run_cli
+from tests.conftest import INVALID_BITS, ROOT, corpus_with_nan_features, run_cli
 
 EVIL = "evil-pickle"
 CORRUPT = "corrupt-bytes"
@@ -52,7 +52,7 @@ RUNNER_OK = "data_dir: {data}\nsystems:\n  - {name: fp32, kind: fp32}\n"
 ERROR_CASES = [
     # retrain.py: arguments
     ("retrain-uniform-bits-0", _retrain("--uniform-bits", "0"), {}, r"--uniform-bits: must be an integer >= 1"),
-    ("retrain-uniform-bits-3", _retrain("--uniform-bits", "3"), {}, r"bits"),
+    ("retrain-uniform-bits-invalid", _retrain("--uniform-bits", str(INVALID_BITS)), {}, r"bits"),
     ("retrain-epochs-0", _retrain("--epochs", "0"), {}, r"--epochs: must be an integer >= 1"),
     ("retrain-epochs-two", _retrain("--epochs", "two"), {}, r"--epochs: must be an integer"),
     ("retrain-max-steps-negative", _retrain("--max-steps", "-3"), {}, r"--max-steps"),

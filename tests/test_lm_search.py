@@ -12,7 +12,7 @@ from lm.model import TransformerLM, TransformerLMConfig, matrix_names
 from lm.quant import lm_fp32_bytes, lm_size
 from lm.search import LMSearchOptions, LMSearchSpace, LMSupernet, run_search, split_held_out
 from models.quantizers import QUANTIZED_BITS
-from tests.conftest import run_cli
+from tests.conftest import INVALID_BITS, run_cli
 
 V = 30
 
@@ -76,8 +76,8 @@ def test_lm_search_options_and_space_errors(tmp_path):
         LMSearchOptions.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="warmup_epochs"):
         LMSearchOptions.from_dict({"epochs": 1, "warmup_epochs": 1})
-    (tmp_path / "s.yaml").write_text("name: x\nbits: [2, 3]\n")
-    with pytest.raises(ValueError, match="unsupported bit-width 3"):
+    (tmp_path / "s.yaml").write_text(f"name: x\nbits: [2, {INVALID_BITS}]\n")
+    with pytest.raises(ValueError, match=f"unsupported bit-width {INVALID_BITS}"):
         LMSearchSpace.load(str(tmp_path / "s.yaml"))
     (tmp_path / "s.yaml").write_text("name: x\nbit: [2]\n")
     with pytest.raises(ValueError, match="unknown key"):

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from models.bottleneck_order import order_bottleneck_pair, order_bottlenecks_
-from models.tdnnf import TDNNF, TDNNFConfig, copy_weights_to_bottlenecks, semi_orthogonality_error, slice_cols
+from models.config import TDNNFConfig
+from models.layout import copy_weights_to_bottlenecks, slice_cols
+from models.tdnnf import TDNNF, semi_orthogonality_error
 
 
 def small_net(seed=0):

@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.tdnnf import (TDNNF, ConfigError, TDNNFConfig, contexts, dropout_at, factored_tdnn, layer_groups,
-                          semi_orthogonal_step_, semi_orthogonality_error, tensor_layout, weight_names)
+from models.config import ConfigError, TDNNFConfig, contexts
+from models.layout import layer_groups, tensor_layout, weight_names
+from models.tdnnf import TDNNF, dropout_at, factored_tdnn, semi_orthogonal_step_, semi_orthogonality_error
 from quant.cost_model import count_parameters, model_size
+from tests.conftest import INVALID_BITS
 
 
 def small_cfg(**kw):
@@ -202,7 +204,7 @@ def test_config_errors_name_field():
     with pytest.raises(ConfigError, match="bottleneck_dims"):
         small_cfg(bottleneck_dims=[8, 8])
     with pytest.raises(ConfigError, match="weight_bits"):
-        small_cfg(weight_bits={"tdnnf1.linear": 3})
+        small_cfg(weight_bits={"tdnnf1.linear": INVALID_BITS})
     with pytest.raises(ConfigError, match="weight_bits"):
         small_cfg(weight_bits={"nope": 4})
     with pytest.raises(ConfigError, match="unknown network config"):
@@ -265,7 +267,7 @@ def test_copy_to_smaller_bottlenecks_equals_switching_units_off():
     """Initialising a smaller-bottleneck network from a bigger one (retrain --init-from, export_subnet)
     gives the bigger network with bottleneck units d..r-1 switched off (their linear rows zeroed), for
     time strides 0 (one offset block) and > 0 (two offset blocks in the affine factor)."""
-    from models.tdnnf import copy_weights_to_bottlenecks
+    from models.layout import copy_weights_to_bottlenecks
 
     big = randomize_(TDNNF(small_cfg()), seed=5)
     for m in big.modules():  # non-trivial BN statistics
@@ -323,7 +325,7 @@ def test_training_mode_ignores_padding_content():
 
 
 def test_layer_groups_name_their_bottleneck_index():
-    from models.tdnnf import LayerGroup, bottleneck_index
+    from models.layout import LayerGroup, bottleneck_index
     cfg = TDNNFConfig.from_dict(dict(num_layers=3, bottleneck_dims=[4, 6, 8], time_strides=[1, 1, 3]))
     groups = layer_groups(cfg)
     assert [g.name for g in groups] == ["tdnn1", "tdnnf1", "tdnnf2", "tdnnf3", "prefinal", "output"]

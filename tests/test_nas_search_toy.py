@@ -32,7 +32,7 @@ def toy_search(seed=0, steps=600, hard=True, kind="band", source="argmax", optim
     tau, ent = TemperatureSchedule(5.0, 0.5, total=steps), RampSchedule(entropy, 0, steps)
 
     def loss():
-        return sum(s * ((mix_bits(w, BITS, wb, True, "mse") - w) ** 2).mean()
+        return sum(s * ((mix_bits(w, BITS, wb, per_channel=True, scale="mse") - w) ** 2).mean()
                    for s, w, (wb, _) in zip(SENS, W, arch()))
 
     for t in range(steps):

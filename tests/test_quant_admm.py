@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, weight_names
+from models.config import TDNNFConfig
+from models.layout import weight_names
+from models.tdnnf import TDNNF
 from quant.admm import ADMMQuantizer
 from quant.quantizers import QUANTIZED_BITS, compute_scales, fake_quant, qmax_for, quantize_to_codes
 

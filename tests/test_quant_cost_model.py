@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from models.tdnnf import tensor_layout
+from models.layout import tensor_layout
 from quant.cost_model import code_bytes, count_parameters, layer_bytes, model_size, weight_bytes
 from search_spaces.genotype import Genotype
 from search_spaces.space import load_search_space

@@ -16,7 +16,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from models.quantizers import QUANTIZED_BITS, SUPPORTED_BITS, qmax_for  # noqa: E402
-from models.tdnnf import TDNNFConfig, weight_names  # noqa: E402
+from models.config import TDNNFConfig
+from models.layout import weight_names  # noqa: E402
 from quant.onnx_export import (BLOCK_SIZES, OnnxExportError, choose_block_size, export_onnx,  # noqa: E402
                                matmul_nbits_tensors)
 from quant.onnx_model import OnnxAcousticModel, OnnxModelError  # noqa: E402

@@ -7,11 +7,14 @@ import struct
 import pytest
 import torch
 
-from models.tdnnf import TDNNF, TDNNFConfig, weight_names
+from models.config import TDNNFConfig
+from models.layout import weight_names
+from models.tdnnf import TDNNF
 from quant.cost_model import model_size
 from quant.packing import (PackedModelError, export_packed, load_packed, pack_codes, payload_bytes,
                            unpack_codes)
 from quant.quantizers import QUANTIZED_BITS, SUPPORTED_BITS, qmax_for
+from tests.conftest import INVALID_BITS
 
 
 def cfg_small(**kw):
@@ -192,11 +195,11 @@ def test_header_payload_mismatch(exported, tmp_path):
 def test_unsupported_bits_and_bad_codes(exported, tmp_path):
     out = str(tmp_path / "bad.st")
 
-    def bits3(meta, tensors):
+    def invalid_bits(meta, tensors):
         c = json.loads(meta["config"])
-        c["weight_bits"]["tdnn1"] = 3
+        c["weight_bits"]["tdnn1"] = INVALID_BITS
         meta["config"] = json.dumps(c)
-    _rewrite_meta(exported, out, bits3)
+    _rewrite_meta(exported, out, invalid_bits)
     with pytest.raises(PackedModelError, match="bit-width"):
         load_packed(out)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_and_kill_after_checkpoints, run_cli
+from tests.conftest import INVALID_BITS, run_and_kill_after_checkpoints, run_cli
 from training import checkpoint as ckpt
 
 
@@ -55,11 +55,11 @@ def test_bad_genotype_is_a_clear_error(tiny_corpus, tmp_path):
 
     names = [l.name for l in load_search_space("tdnnf_demo").layers]
     g = {"version": 1, "search_space": "tdnnf_demo",
-         "layers": [{"name": n, "bits": 3 if n == "tdnnf2" else 8,
+         "layers": [{"name": n, "bits": INVALID_BITS if n == "tdnnf2" else 8,
                      "bottleneck": 64 if n.startswith("tdnnf") else None} for n in names]}
     gp = tmp_path / "bad.json"
     gp.write_text(json.dumps(g))
-    with pytest.raises(AssertionError, match="tdnnf2.*bits|bits.*3"):
+    with pytest.raises(AssertionError, match=f"tdnnf2.*bits|bits.*{INVALID_BITS}"):
         run_cli(["retrain.py", "--data-dir", tiny_corpus, "--genotype", gp, "--max-steps", 1,
                  "--out", tmp_path / "x"])
     g["layers"] = g["layers"][:3]

@@ -8,6 +8,7 @@ import yaml
 from models.tdnnf import TDNNF
 from search_spaces import Genotype, GenotypeError, SearchSpaceError, load_search_space
 from search_spaces.space import SPACES_DIR, search_space_from_dict
+from tests.conftest import INVALID_BITS
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_load_shipped_spaces():
 
 
 @pytest.mark.parametrize("mutate,field", [
-    (lambda d: d["choices"]["default"].__setitem__("bits", [3, 4]), "choices.default.bits"),
+    (lambda d: d["choices"]["default"].__setitem__("bits", [INVALID_BITS, 4]), "choices.default.bits"),
     (lambda d: d["choices"]["default"].__setitem__("bits", []), "choices.default.bits"),
     (lambda d: d["choices"]["default"].__setitem__("bottleneck", [64, 32]), "choices.default.bottleneck"),
     (lambda d: d["choices"]["default"].__setitem__("bottleneck", [32, 4096]), "choices.default.bottleneck"),
@@ -96,7 +97,7 @@ def _g(space):
 
 
 @pytest.mark.parametrize("mutate,msg", [
-    (lambda d: d["layers"][1].__setitem__("bits", 3), "tdnnf1: bits 3"),
+    (lambda d: d["layers"][1].__setitem__("bits", INVALID_BITS), f"tdnnf1: bits {INVALID_BITS}"),
     (lambda d: d["layers"][1].__setitem__("bottleneck", 40), "tdnnf1: bottleneck 40"),
     (lambda d: d["layers"][0].__setitem__("bottleneck", 40), "tdnn1: bottleneck must be null"),
     (lambda d: d["layers"].pop(), "layers: 10 entries"),

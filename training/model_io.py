@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from models.bottleneck_order import order_bottlenecks_
-from models.tdnnf import TDNNFConfig, build_model, copy_weights_to_bottlenecks
+from models.config import TDNNFConfig
+from models.layout import copy_weights_to_bottlenecks
+from models.tdnnf import build_model
 from quant.onnx_model import OnnxAcousticModel
 from quant.packing import load_packed, read_header
 from training import safe_io
@@ -96,7 +98,7 @@ def init_from(model, path, order: str = "pca") -> None:
 
     The source's bottleneck units are first ordered by importance (``models.bottleneck_order``, a
     function-preserving rotation or permutation; ``order="none"`` skips it), then a smaller bottleneck
-    keeps the first units (``models.tdnnf.copy_weights_to_bottlenecks``): a low-rank network starts from
+    keeps the first units (``models.layout.copy_weights_to_bottlenecks``): a low-rank network starts from
     the best rank-d part of each layer instead of an arbitrary half of its units."""
     src = load_model_file(path)
     order_bottlenecks_(src, order)
