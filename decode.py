@@ -65,11 +65,18 @@ def parse_args(argv=None):
             cfg = yaml.safe_load(f) or {}
         defaults = vars(ap.parse_args([]))
         given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (argv or sys.argv[1:]) if a.startswith("--")}
+        if not isinstance(cfg, dict):
+            ap.error(f"{args.config}: expected a mapping of decode options")
+        types = {a.dest: a.type for a in ap._actions}
         for k, v in cfg.items():
             k = k.replace("-", "_")
             if k not in defaults:
-                ap.error(f"unknown config key {k!r}")
-            if k not in given:
+                ap.error(f"{args.config}: unknown config key {k!r}; known: {sorted(set(defaults) - {'config'})}")
+            kind = types.get(k)
+            if kind in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                         or (kind is int and not isinstance(v, int))):
+                ap.error(f"{args.config}: {k} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+            if k not in given:  # a command-line flag wins over the file
                 setattr(args, k, v)
     return args
 

@@ -38,7 +38,7 @@ from supernet.network import SuperNet
 from training import checkpoint as ckpt
 from training.cli import HelpFormatter, add_debug_flag, run_main
 from training.evaluate import Evaluator
-from training.experiment import load_corpus, load_sections, make_batches
+from training.experiment import config_section, lfmmi_options, load_corpus, load_sections, make_batches
 from training.model_io import load_model_file
 
 log = logging.getLogger("diagnose_search")
@@ -81,7 +81,8 @@ def slicing(args) -> dict:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     corpus = load_corpus(args.data_dir)
-    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "distill")) if args.config else {}
+    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "distill"))
+    config_section(args.config, lfmmi_options, cfg.get("lfmmi"))
     ev = Evaluator(corpus, cfg.get("lfmmi"))
     src = load_model_file(args.model)
     out = {"model": str(args.model), "split": args.split, "full": ev.objf(src, args.split)["objf_per_frame"],
@@ -167,7 +168,8 @@ def kendall_tau(a, b) -> float:
 
 def oneshot(args) -> dict:
     corpus = load_corpus(args.data_dir)
-    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "search", "distill")) if args.config else {}
+    cfg = load_sections(args.config, ("train", "lfmmi", "quant", "search", "distill"))
+    config_section(args.config, lfmmi_options, cfg.get("lfmmi"))
     ev = Evaluator(corpus, cfg.get("lfmmi"))
     sdir = Path(args.search)
     scfg = json.loads((sdir / "search_config.json").read_text())

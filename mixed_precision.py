@@ -41,7 +41,7 @@ from sensitivity.allocate import (BudgetError, allocate_bits, fp32_model_bytes, 
 from sensitivity.hessian import hessian_sensitivity, lfmmi_closures
 from sensitivity.kl import kl_sensitivity
 from training.cli import HelpFormatter, add_budget_args, add_debug_flag, number, resolve_budget, run_main
-from training.experiment import load_corpus, make_batches, make_lfmmi
+from training.experiment import config_section, lfmmi_options, load_corpus, load_sections, make_batches, make_lfmmi
 from training.model_io import load_model_file
 
 log = logging.getLogger("mixed_precision")
@@ -144,12 +144,8 @@ def measure(args, model, space):
 
         sens = kl_sensitivity(model, space, batches, device=device, progress=progress)
         return sens, info
-    import yaml
-
-    lcfg = None
-    if args.config:
-        with open(args.config) as fh:
-            lcfg = (yaml.safe_load(fh) or {}).get("lfmmi")
+    lcfg = load_sections(args.config, ("train", "lfmmi", "quant", "distill")).get("lfmmi")
+    config_section(args.config, lfmmi_options, lcfg)  # an error names the file
     loss_fn, compiler, _den = make_lfmmi(corpus, lcfg)
     dtype = torch.float64 if args.hessian_dtype == "float64" else torch.float32
     model.to(dtype=dtype)

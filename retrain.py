@@ -28,13 +28,14 @@ from models.bottleneck_order import ORDER_METHODS
 from models.tdnnf import build_model
 from quant.admm import ADMMQuantizer
 from quant.cost_model import fp32_bytes, model_size
+from quant.options import TRAINERS, QuantOptions
 from quant.packing import export_packed
 from search_spaces.genotype import Genotype
 from training import distributed
 from training.checkpoint import has_checkpoint
 from training.cli import HelpFormatter, add_debug_flag, number, run_main
 from training.distill import DistillHook, DistillOptions
-from training.experiment import config_section, load_sections, make_batches, make_lfmmi, start_run
+from training.experiment import config_section, lfmmi_options, load_sections, make_batches, make_lfmmi, start_run
 from training.loop import TrainHook, TrainOptions, Trainer
 from training.model_io import init_from, load_model_file, model_metadata, save_model_file
 from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash, genotype_hash
@@ -85,28 +86,6 @@ def load_config(path):
     return load_sections(path, ("train", "lfmmi", "quant", "distill"))
 
 
-QUANT_DEFAULTS = {"trainer": "ste", "admm_rho": 1e-3, "admm_update_every": 20}
-
-
-def quant_options(d) -> dict:
-    """The YAML ``quant:`` section with defaults filled in; unknown keys and bad values are errors."""
-    d = dict(d or {})
-    bad = sorted(set(d) - set(QUANT_DEFAULTS))
-    if bad:
-        raise ValueError(f"unknown quant option(s) {bad}; known: {sorted(QUANT_DEFAULTS)}")
-    opts = {**QUANT_DEFAULTS, **d}
-    if opts["trainer"] not in ("ste", "admm"):
-        raise ValueError(f"quant.trainer must be ste or admm, got {opts['trainer']!r}")
-    rho = opts["admm_rho"]
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not np.isfinite(rho) or rho <= 0:
-        raise ValueError(f"quant.admm_rho must be a finite number > 0, got {rho!r}")
-    every = opts["admm_update_every"]
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"quant.admm_update_every must be an integer >= 1, got {every!r}")
-    opts["admm_rho"] = float(rho)
-    return opts
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True, help="prepared corpus (prepare_data.py)")
@@ -120,7 +99,7 @@ def parse_args(argv=None):
     p.add_argument("--bottleneck-order", choices=ORDER_METHODS, default="pca",
                    help="order the --init-from model's bottleneck units by importance before slicing "
                         "(models.bottleneck_order; default: %(default)s)")
-    p.add_argument("--quant-trainer", choices=["ste", "admm"], default=None)
+    p.add_argument("--quant-trainer", choices=TRAINERS, default=None, help="override the config's quant.trainer")
     p.add_argument("--distill-from", default=None,
                    help="float teacher model.pt: add the frame-level KL to its chain output to the loss "
                         "(training.distill; weight and temperature from the config's distill: section)")
@@ -139,14 +118,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
-    if args.seed is not None:
-        topts.seed = args.seed
-    if args.epochs is not None:
-        topts.epochs = args.epochs
-    if args.max_steps is not None:
-        topts.max_steps = args.max_steps
-    qcfg = config_section(args.config, quant_options, cfg.get("quant"))
-    trainer_kind = args.quant_trainer or qcfg["trainer"]
+    topts = topts.replace(seed=args.seed, epochs=args.epochs, max_steps=args.max_steps)  # flags over YAML
+    qopts = config_section(args.config, QuantOptions.from_dict, cfg.get("quant")).replace(trainer=args.quant_trainer)
+    trainer_kind = qopts.trainer
+    config_section(args.config, lfmmi_options, cfg.get("lfmmi"))  # checked now: an error names the file
     dopts = config_section(args.config, DistillOptions.from_dict, cfg.get("distill"))
 
     dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
@@ -181,7 +156,7 @@ def main(argv=None):
         log.info("distilling from %s (weight %g, temperature %g)", args.distill_from, dopts.weight,
                  dopts.temperature)
     if trainer_kind == "admm":
-        hooks.append(ADMMHook(qcfg["admm_rho"], qcfg["admm_update_every"]))
+        hooks.append(ADMMHook(float(qopts.admm_rho), qopts.admm_update_every))
     # the first write into --out: lock it, check and record what the run is
     claim_out_dir(out, identity, args.resume, dinfo.is_main)
     if dinfo.is_main:

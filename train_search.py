@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import logging
 import sys
 from pathlib import Path
@@ -30,26 +29,20 @@ from models.bottleneck_order import ORDER_METHODS
 from nas import Architect, RampSchedule, SizePenalty, TemperatureSchedule
 from nas.derive import SIZE_CHART_LAYOUT, derive_genotype, derive_genotype_within_budget
 from nas.hooks import ArchSearchHook
+from nas.options import SearchOptions
 from quant.cost_model import fp32_bytes
 from supernet.network import SuperNet
 from training import distributed
 from training.checkpoint import has_checkpoint
 from training.cli import HelpFormatter, add_budget_args, add_debug_flag, number, resolve_budget, run_main
 from training.distill import DistillHook, DistillOptions
-from training.experiment import config_section, load_sections, make_batches, make_lfmmi, split_train, start_run
+from training.experiment import (config_section, lfmmi_options, load_sections, make_batches, make_lfmmi, split_train,
+                                 start_run)
 from training.loop import TrainOptions, Trainer
 from training.model_io import init_from, load_model_file
 from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash
 
 log = logging.getLogger("train_search")
-
-SEARCH_DEFAULTS = {
-    "mode": "bilevel", "held_out_fraction": 0.1, "warmup_epochs": 1.0, "arch_lr": 0.05,
-    "arch_optimizer": "adam_global", "tau_start": 5.0, "tau_end": 0.5, "tau_schedule": "exponential",
-    "hard": True, "penalty": "band", "penalty_source": "argmax", "penalty_band": [0.9, 1.0],
-    "penalty_weight": 2.0, "entropy_weight": 0.05, "init": "uniform", "log_every": 10, "derivation": "argmax",
-}
-
 
 def make_search_hook(architect, schedule, held, space, table, log_every, out_dir, target_bytes,
                      derivation="argmax", entropy_schedule=None, arch_extra_losses=()):
@@ -118,27 +111,6 @@ def load_config(path):
     return load_sections(path, ("train", "lfmmi", "search", "distill"))
 
 
-def search_options(d):
-    opts = dict(SEARCH_DEFAULTS)
-    d = dict(d or {})
-    bad = sorted(set(d) - set(opts))
-    if bad:
-        raise ValueError(f"unknown search option(s) {bad}; known: {sorted(opts)}")
-    opts.update(d)
-    if opts["derivation"] not in ("budget", "argmax"):
-        raise ValueError(f"search.derivation must be budget or argmax, got {opts['derivation']!r}")
-    if opts["mode"] not in ("bilevel", "single"):
-        raise ValueError(f"search.mode must be bilevel or single, got {opts['mode']!r}")
-    band = opts["penalty_band"]
-    if not (isinstance(band, (list, tuple)) and len(band) == 2 and 0 < float(band[0]) <= float(band[1])):
-        raise ValueError(f"search.penalty_band must be [low, high] with 0 < low <= high, got {band!r}")
-    for k in ("penalty_weight", "entropy_weight", "arch_lr", "warmup_epochs"):
-        v = opts[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"search.{k} must be a finite number >= 0, got {v!r}")
-    return opts
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True)
@@ -172,18 +144,16 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
-    sopts = config_section(args.config, search_options, cfg.get("search"))
-    if args.mode:
-        sopts["mode"] = args.mode
-    if args.penalty_weight is not None:
-        sopts = search_options({**sopts, "penalty_weight": args.penalty_weight})
-    for k in ("seed", "epochs", "max_steps"):
-        if getattr(args, k) is not None:
-            setattr(topts, k, getattr(args, k))
+    sopts = config_section(args.config, SearchOptions.from_dict, cfg.get("search"))
+    sopts = sopts.replace(mode=args.mode, penalty_weight=args.penalty_weight)  # flags over YAML
+    topts = topts.replace(seed=args.seed, epochs=args.epochs, max_steps=args.max_steps)
+    lfmmi_cfg = cfg.get("lfmmi")
+    config_section(args.config, lfmmi_options, lfmmi_cfg)  # checked now: an error names the file
+    dopts = config_section(args.config, DistillOptions.from_dict, cfg.get("distill"))
     dinfo, device, out, corpus, space = start_run(args.device, topts.seed, args.out, args.data_dir, args.space)
     search_space = space.bits_only() if args.no_bottleneck_search else space
-    net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts["init"], tau=sopts["tau_start"],
-                              hard=bool(sopts["hard"]))
+    net = SuperNet.from_space(search_space, corpus.num_pdfs, init=sopts.init, tau=sopts.tau_start,
+                              hard=sopts.hard)
     fp32 = fp32_bytes(space.network)
     target = resolve_budget(args, fp32, default_ratio=8.0)
     table = net.size_table()
@@ -191,7 +161,7 @@ def main(argv=None):
         raise SystemExit(f"target {target:.0f} bytes is below the smallest model of this space "
                          f"({table.min_bytes():.0f} bytes)")
     identity = {"kind": "search", "space": space.name, "bottleneck_search": not args.no_bottleneck_search,
-                "target_bytes": target, "config_hash": config_hash(cfg, search=sopts),
+                "target_bytes": target, "config_hash": config_hash(cfg, search=sopts.to_dict()),
                 "data_dir": abspath_or_none(args.data_dir), "seed": topts.seed,
                 "init_from": abspath_or_none(args.init_from), "distill_from": abspath_or_none(args.distill_from)}
     check_identity(out, identity, args.resume)  # fail fast; claimed below, once every input has loaded
@@ -199,22 +169,22 @@ def main(argv=None):
         init_from(net, args.init_from, args.bottleneck_order)
     log.info("size budget %.0f bytes (fp32 %d bytes, ratio %.1fx); space spans %.0f..%.0f bytes",
              target, fp32, fp32 / target, table.min_bytes(), table.max_bytes())
-    penalty = SizePenalty(table, target, kind=sopts["penalty"], weight=float(sopts["penalty_weight"]),
-                          source=sopts["penalty_source"], band=tuple(float(x) for x in sopts["penalty_band"]))
-    architect = Architect(net.arch, penalty=penalty, lr=float(sopts["arch_lr"]), mode=sopts["mode"],
-                          warmup_epochs=float(sopts["warmup_epochs"]), optimizer=sopts["arch_optimizer"])
-    schedule = TemperatureSchedule(float(sopts["tau_start"]), float(sopts["tau_end"]),
-                                   total=float(topts.epochs), kind=sopts["tau_schedule"],
-                                   warmup=min(float(sopts["warmup_epochs"]), 0.5 * float(topts.epochs)))
-    entropy = RampSchedule(float(sopts["entropy_weight"]), float(sopts["warmup_epochs"]), float(topts.epochs))
-    if sopts["mode"] == "bilevel":
+    penalty = SizePenalty(table, target, kind=sopts.penalty, weight=float(sopts.penalty_weight),
+                          source=sopts.penalty_source, band=tuple(float(x) for x in sopts.penalty_band))
+    architect = Architect(net.arch, penalty=penalty, lr=float(sopts.arch_lr), mode=sopts.mode,
+                          warmup_epochs=float(sopts.warmup_epochs), optimizer=sopts.arch_optimizer)
+    schedule = TemperatureSchedule(float(sopts.tau_start), float(sopts.tau_end),
+                                   total=float(topts.epochs), kind=sopts.tau_schedule,
+                                   warmup=min(float(sopts.warmup_epochs), 0.5 * float(topts.epochs)))
+    entropy = RampSchedule(float(sopts.entropy_weight), float(sopts.warmup_epochs), float(topts.epochs))
+    if sopts.mode == "bilevel":
         net.arch_grad = False  # weight steps compute only the sampled subnet; the logits learn on held-out data
 
-    loss_fn, compiler, den = make_lfmmi(corpus, cfg.get("lfmmi"))
+    loss_fn, compiler, den = make_lfmmi(corpus, lfmmi_cfg)
     all_train = corpus.cuts("train")
-    frac = float(sopts["held_out_fraction"]) if sopts["mode"] == "bilevel" else 0.0
+    frac = float(sopts.held_out_fraction) if sopts.mode == "bilevel" else 0.0
     train_cuts, held_cuts = split_train(all_train, frac)
-    if sopts["mode"] == "bilevel" and (held_cuts is None or len(held_cuts) == 0):
+    if sopts.mode == "bilevel" and (held_cuts is None or len(held_cuts) == 0):
         raise SystemExit("bilevel search needs a non-empty held-out split: raise search.held_out_fraction")
     train = make_batches(train_cuts, corpus, topts.max_duration, True, topts.seed, dinfo)
     held = make_batches(held_cuts, corpus, topts.max_duration, True, topts.seed + 1, dinfo) \
@@ -227,15 +197,15 @@ def main(argv=None):
             raise SystemExit(f"--distill-from {args.distill_from}: teacher has {teacher.cfg.num_pdfs} pdfs and "
                              f"{teacher.cfg.feat_dim}-dim features, the corpus/space {corpus.num_pdfs} and "
                              f"{space.network.feat_dim}")
-        hooks.append(DistillHook(teacher, DistillOptions.from_dict(cfg.get("distill"))))
+        hooks.append(DistillHook(teacher, dopts))
         log.info("distilling from %s", args.distill_from)
-    hook = make_search_hook(architect, schedule, held, space, table, int(sopts["log_every"]), out, target,
-                            sopts["derivation"], entropy, arch_extra_losses=hooks)
+    hook = make_search_hook(architect, schedule, held, space, table, sopts.log_every, out, target,
+                            sopts.derivation, entropy, arch_extra_losses=hooks)
     claim_out_dir(out, identity, args.resume, dinfo.is_main)  # the first write into --out
     trainer = Trainer(net, loss_fn.to(device), compiler, train, valid, topts, out, device, dinfo, hooks + [hook],
                       params=net.weight_parameters(), show_progress=not args.no_progress)
     with open(out / "search_config.json", "w") as f:
-        json.dump({"train": vars(topts), "search": sopts, "target_bytes": target, "fp32_bytes": fp32,
+        json.dump({"train": vars(topts), "search": sopts.to_dict(), "target_bytes": target, "fp32_bytes": fp32,
                    "distill_from": args.distill_from, "distill": cfg.get("distill"),
                    "space": space.name, "bottleneck_search": not args.no_bottleneck_search}, f, indent=1)
     trainer.fit(resume=args.resume)

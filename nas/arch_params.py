@@ -29,6 +29,7 @@ from nas.gumbel import gumbel_softmax
 
 Weights = List[Tuple[torch.Tensor, torch.Tensor]]
 
+INITS = ("uniform", "high")  # logits all equal, or rising with the candidate (largest first)
 TRAIN_SAMPLING = ("gumbel", "softmax")
 EVAL_SAMPLING = ("argmax", "softmax", "gumbel")
 
@@ -73,8 +74,8 @@ class ArchParams(nn.Module):
         names = [l.name for l in self.layers]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate layer names in {names}")
-        if init not in ("uniform", "high"):
-            raise ValueError(f"unknown init {init!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
         self.bit_logits = nn.ParameterList([nn.Parameter(self._init(len(l.bits), init, init_std))
                                             for l in self.layers])
         self.dim_logits = nn.ParameterList([nn.Parameter(self._init(len(l.dims), init, init_std))

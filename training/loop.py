@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -63,6 +63,12 @@ class TrainOptions:
         if bad:
             raise ValueError(f"unknown train option(s) {bad}; known: {sorted(known)}")
         opts = cls(**d)
+        opts.validate()
+        return opts
+
+    def replace(self, **kw) -> "TrainOptions":
+        """A copy with ``kw`` set (command-line overrides over the YAML; None = keep), validated."""
+        opts = replace(self, **{k: v for k, v in kw.items() if v is not None})
         opts.validate()
         return opts
 
