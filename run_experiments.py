@@ -95,6 +95,7 @@ def load_config(path) -> Dict[str, Any]:
         if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
             raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
         _check_budget(path, s)
+    resolve_system_defaults(cfg, path)
     if cfg.get("lm") is not None:
         _check_lm(path, cfg["lm"], names)
     real = cfg.get("real_speech")
@@ -104,6 +105,27 @@ def load_config(path) -> Dict[str, Any]:
         unknown = sorted(set(real) - REAL_KEYS)
         if unknown:
             raise ValueError(f"{path}: real_speech: unknown key(s) {unknown}; known: {sorted(REAL_KEYS)}")
+    return cfg
+
+
+# Switches a system takes from the experiment's top level unless it sets its own, with their defaults.
+INHERITED = {"search_from_fp32": True, "finetune_from_fp32": True, "distill_from_fp32": False}
+
+
+def resolve_system_defaults(cfg: Dict[str, Any], path="config") -> Dict[str, Any]:
+    """Fill every system's inherited switches (:data:`INHERITED`) and ``search_bottleneck`` once, so the
+    stages read ``s[key]`` and never look in two places; each must be true or false. Idempotent."""
+    for k, default in INHERITED.items():
+        top = cfg.get(k, default)
+        if not isinstance(top, bool):
+            raise ValueError(f"{path}: {k} must be true or false, got {top!r}")
+        for s in cfg["systems"]:
+            s.setdefault(k, top)
+    for s in cfg["systems"]:
+        s.setdefault("search_bottleneck", True)
+        for k in list(INHERITED) + ["search_bottleneck"]:
+            if not isinstance(s[k], bool):
+                raise ValueError(f"{path}: system {s.get('name')}: {k} must be true or false, got {s[k]!r}")
     return cfg
 
 
@@ -216,7 +238,7 @@ class Runner(Report):
     part; the tables and the plot are :class:`runner.report.Report`'s."""
 
     def __init__(self, cfg: Dict[str, Any], out: Path, device: str, console: Optional[Console] = None):
-        self.cfg, self.out, self.device = cfg, out, device
+        self.cfg, self.out, self.device = resolve_system_defaults(cfg), out, device
         self.console = console or Console(quiet=True)
         # stages draw their progress bars only when the console forwards them to a terminal
         self.progress_args = [] if self.console.live else ["--no-progress"]
@@ -283,11 +305,11 @@ class Runner(Report):
                    "--budget-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
             if self.search_config:
                 cmd += ["--config", self.search_config]
-            if s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):
+            if s["search_from_fp32"]:
                 cmd += ["--init-from", str(self.fp32_model())]
-            if s.get("distill_from_fp32", self.cfg.get("distill_from_fp32", False)):
+            if s["distill_from_fp32"]:
                 cmd += ["--distill-from", str(self.fp32_model())]
-            if not s.get("search_bottleneck", True):
+            if not s["search_bottleneck"]:
                 cmd += ["--no-bottleneck-search"]
             if has_checkpoint(sd / "checkpoint.pt"):
                 cmd += ["--resume"]
@@ -325,9 +347,9 @@ class Runner(Report):
             cmd += ["--uniform-bits", str(int(s["bits"]))]
         elif genotype is not None:
             cmd += ["--genotype", str(genotype)]
-        if s["kind"] != "fp32" and s.get("finetune_from_fp32", self.cfg.get("finetune_from_fp32", True)):
+        if s["kind"] != "fp32" and s["finetune_from_fp32"]:
             cmd += ["--init-from", str(self.fp32_model())]
-        if s["kind"] != "fp32" and s.get("distill_from_fp32", self.cfg.get("distill_from_fp32", False)):
+        if s["kind"] != "fp32" and s["distill_from_fp32"]:
             cmd += ["--distill-from", str(self.fp32_model())]  # weight/temperature: the config's distill:
         if s.get("quant_trainer"):
             cmd += ["--quant-trainer", s["quant_trainer"]]
@@ -580,10 +602,9 @@ class Runner(Report):
             return False
         if s["kind"] in ("kl", "hessian") or s.get("budget_ratio") is not None:
             return True
-        if s["kind"] == "nas" and s.get("search_from_fp32", self.cfg.get("search_from_fp32", True)):
+        if s["kind"] == "nas" and s["search_from_fp32"]:
             return True
-        return bool(s.get("finetune_from_fp32", self.cfg.get("finetune_from_fp32", True))
-                    or s.get("distill_from_fp32", self.cfg.get("distill_from_fp32", False)))
+        return s["finetune_from_fp32"] or s["distill_from_fp32"]
 
     def finished_named(self, name: str) -> bool:
         return any(self.finished(s) for s in self.cfg["systems"] if s["name"] == name)

@@ -8,9 +8,9 @@ import pytest
 import run_experiments as rx
 
 
-def write(tmp_path, systems):
+def write(tmp_path, systems, **top):
     p = tmp_path / "exp.yaml"
-    p.write_text(json.dumps({"data_dir": "d", "systems": systems}))  # JSON is YAML
+    p.write_text(json.dumps({"data_dir": "d", "systems": systems, **top}))  # JSON is YAML
     return p
 
 
@@ -53,8 +53,8 @@ def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path,
     cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
                                           {"name": "u4", "kind": "uniform", "bits": 4},
                                           {"name": "u4_plain", "kind": "uniform", "bits": 4, "distill_from_fp32": False},
-                                          {"name": "nas", "kind": "nas", "budget_bytes": 1000}]))
-    cfg["distill_from_fp32"] = True
+                                          {"name": "nas", "kind": "nas", "budget_bytes": 1000}],
+                               distill_from_fp32=True))
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
     cmds = {}
 
@@ -249,3 +249,19 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
     n = len(cmds)
     runner.run_lm_part()  # finished: nothing is rerun
     assert len(cmds) == n
+
+
+def test_inherited_switches_are_resolved_once_and_checked(tmp_path):
+    cfg = {"data_dir": "d", "distill_from_fp32": True,
+           "systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4},
+                       {"name": "u4_nokd", "kind": "uniform", "bits": 4, "distill_from_fp32": False}]}
+    rx.resolve_system_defaults(cfg)
+    s = {x["name"]: x for x in cfg["systems"]}
+    assert s["u4"]["distill_from_fp32"] is True and s["u4_nokd"]["distill_from_fp32"] is False
+    assert s["u4"]["finetune_from_fp32"] is True and s["u4"]["search_bottleneck"] is True
+    assert rx.resolve_system_defaults(cfg) == cfg  # idempotent
+    p = tmp_path / "c.yaml"
+    p.write_text("data_dir: d\nsystems:\n  - {name: fp32, kind: fp32}\n"
+                 "  - {name: u4, kind: uniform, bits: 4, finetune_from_fp32: 'no'}\n")
+    with pytest.raises(ValueError, match=r"c.yaml: system u4: finetune_from_fp32 must be true or false"):
+        rx.load_config(p)
