@@ -61,9 +61,12 @@ class Report:
         return compare_dirs(self.sys_dir(name) / f"decode_{split}", ref_dir)
 
     def system_row(self, am: str, l) -> Dict[str, Any]:
-        """One (acoustic model, LM) system: bytes of each (cost-model payloads), the system ratio against the
-        fp32 AM + fp32 LM, first-pass and rescored WER, and the rescored WER's change against the reference
-        pair and against the same AM with the fp32 LM."""
+        """One (acoustic model, LM) system: bytes of each (cost-model payloads, and the files on disk), the
+        system ratio against the fp32 AM + fp32 LM on both counts, first-pass and rescored WER, and the
+        rescored WER's change against the reference pair and against the same AM with the fp32 LM.
+
+        The file ratio counts what the payload ratio leaves out: packing headers, scales' metadata and the
+        LM's vocabulary (stored in each LM file, float or packed)."""
         rep = json.load(open(self.rescore_dir(am, l["name"]) / "rescore.json"))
         am_size = json.load(open(self.sys_dir(am) / "size.json"))
         lm_size = json.load(open(self.lm_dir(l["name"]) / "size.json"))
@@ -71,10 +74,14 @@ class Report:
         fp32_lm = self.lm_systems()[0]["name"]
         lm_fp32 = json.load(open(self.lm_dir(fp32_lm) / "size.json"))["bytes"]
         total = am_size["payload_bytes"] + lm_size["bytes"]
+        fp32_files = (json.load(open(self.sys_dir("fp32") / "size.json"))["file_bytes"]
+                      + self.lm_file(self.lm_systems()[0]).stat().st_size)
+        files = am_size["file_bytes"] + self.lm_file(l).stat().st_size
         r = {"am": am, "lm": l["name"], "lm_kind": l["kind"], "lm_bits_per_weight": lm_size["bits_per_weight"],
              "am_bytes": am_size["payload_bytes"], "lm_bytes": lm_size["bytes"], "system_bytes": total,
              "am_ratio": am_fp32 / am_size["payload_bytes"], "lm_ratio": lm_fp32 / lm_size["bytes"],
-             "system_ratio": (am_fp32 + lm_fp32) / total, "lm_weight": rep["weights"]["lm_weight"],
+             "system_ratio": (am_fp32 + lm_fp32) / total, "system_file_bytes": files,
+             "system_file_ratio": fp32_files / files, "lm_weight": rep["weights"]["lm_weight"],
              "alpha": rep["weights"]["alpha"]}
         ref_am, ref_lm = self.lm_reference()
         for split in ("dev", "test"):
@@ -98,7 +105,8 @@ class Report:
         json.dump(rows, open(self.out / "system_results.json", "w"), indent=1)
         ref_am, ref_lm = self.lm_reference()
         fp32_lm = self.lm_systems()[0]["name"]
-        head = ["acoustic model", "LM", "LM bits/weight", "AM bytes", "LM bytes", "system bytes", "system ratio"]
+        head = ["acoustic model", "LM", "LM bits/weight", "AM bytes", "LM bytes", "system bytes", "system ratio",
+                "system file bytes", "file ratio"]
         for sp in ("dev", "test"):
             head += [f"{sp} 1st pass", f"{sp} rescored", f"{sp} vs {ref_am}+{ref_lm} (p)", f"{sp} vs same AM+{fp32_lm} (p)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -110,7 +118,8 @@ class Report:
 
         for r in rows:
             cells = [r["am"], r["lm"], f"{r['lm_bits_per_weight']:.2f}", f"{r['am_bytes']:,}", f"{r['lm_bytes']:,}",
-                     f"{r['system_bytes']:,}", f"{r['system_ratio']:.1f}x"]
+                     f"{r['system_bytes']:,}", f"{r['system_ratio']:.1f}x", f"{r['system_file_bytes']:,}",
+                     f"{r['system_file_ratio']:.1f}x"]
             for sp in ("dev", "test"):
                 cells += [f"{r[f'first_{sp}']:.2f}", f"{r[f'wer_{sp}']:.2f}", cell(r, "", sp), cell(r, "lm_", sp)]
             lines.append("| " + " | ".join(cells) + " |")

@@ -206,6 +206,8 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
             n = lm_bytes[out.name]
             (out / "size.json").write_text(json.dumps({"bytes": n, "bits_per_weight": 32 * n / 4000}))
             (out / "ppl.json").write_text("{}")
+            # the model file: its payload plus 100 bytes of header and vocabulary
+            (out / ("model.pt" if out.name == "fp32" else "model.safetensors")).write_bytes(b"x" * (n + 100))
             return
         lm = Path(cmd[cmd.index("--lm") + 1]).parent.name
         rep = {"weights": {"lm_weight": 1.0, "alpha": 0.5}}
@@ -237,6 +239,7 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
     row = {(r["am"], r["lm"]): r for r in rows}
     r = row[("u4", "kl")]
     assert r["system_bytes"] == 150 + 250 and r["system_ratio"] == pytest.approx((1000 + 4000) / 400)
+    assert r["system_file_bytes"] == 160 + 350 and r["system_file_ratio"] == pytest.approx((1010 + 4100) / 510)
     assert r["delta_test"] == pytest.approx(0.0) and r["p_test"] is not None
     assert row[("u4", "u2")]["delta_lm_dev"] == pytest.approx(10.0)  # 1 error in 10 words vs u4 + fp32 LM
     assert row[("fp32", "fp32")]["p_dev"] is None
