@@ -42,7 +42,8 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from runner.console import Console, run_stage, stop_on_sigterm
-from runner.report import Report, compare_dirs  # noqa: F401  (compare_dirs: part of this module's interface)
+from runner.experiment import Experiment
+from runner.report import Report
 from training.cli import HelpFormatter, add_debug_flag, run_main
 
 log = logging.getLogger("run_experiments")
@@ -233,51 +234,39 @@ class SystemLock:
         self.path.unlink(missing_ok=True)
 
 
-class Runner(Report):
+class Runner:
     """Runs the stages of every system (search/sensitivity -> retrain -> export -> decode) and of the LM
-    part; the tables and the plot are :class:`runner.report.Report`'s."""
+    part; the experiment's files and sets are :attr:`exp`'s, the tables and the plot :attr:`report`'s."""
 
     def __init__(self, cfg: Dict[str, Any], out: Path, device: str, console: Optional[Console] = None):
-        self.cfg, self.out, self.device = resolve_system_defaults(cfg), out, device
+        self.cfg, self.device = resolve_system_defaults(cfg), device
         self.console = console or Console(quiet=True)
+        self.exp = Experiment(self.cfg, out)
+        self.report = Report(self.exp, self.console)
         # stages draw their progress bars only when the console forwards them to a terminal
         self.progress_args = [] if self.console.live else ["--no-progress"]
         self.data_dir = cfg["data_dir"]
         self.space = cfg.get("space", "tdnnf_demo")
-        self.splits = list(cfg.get("splits", ["dev", "test"]))
-        self.real = cfg.get("real_speech")
-        if self.real is not None and "real" in self.splits:
-            raise ValueError("a split may not be called 'real' when real_speech is set")
-        # every evaluated set: the corpus's splits, then "real" (the real-speech check set) if configured
-        self.eval_sets = self.splits + (["real"] if self.real is not None else [])
         self.retrain_config = cfg.get("retrain_config")
         self.search_config = cfg.get("search_config")
         self.extra_retrain = [str(a) for a in cfg.get("retrain_args", [])]
         self.extra_decode = [str(a) for a in cfg.get("decode_args", [])]
-        # the system every WER change is tested against (e.g. fp32 given the same fine-tuning epochs)
-        self.reference = cfg.get("reference", "fp32")
-
-    def sys_dir(self, name) -> Path:
-        return self.out / name
-
-    def fp32_model(self) -> Path:
-        return self.sys_dir("fp32") / "model.pt"
 
     def budget_bytes(self, s) -> int:
         if "budget_bytes" in s:
             return int(s["budget_bytes"])
-        fp32 = json.load(open(self.sys_dir("fp32") / "size.json"))["fp32_bytes"]
+        fp32 = json.load(open(self.exp.sys_dir("fp32") / "size.json"))["fp32_bytes"]
         return int(fp32 / float(s["budget_ratio"]))
 
     # ----------------------------------------------------------------- stages
     def genotype(self, s) -> Optional[Path]:
         """Write (or reuse) the system's genotype; None for fp32/uniform."""
-        d = self.sys_dir(s["name"])
+        d = self.exp.sys_dir(s["name"])
         g = d / "genotype_in.json"
         if s["kind"] in ("fp32", "uniform", "onnx") or g.is_file():
             return g if g.is_file() else None
         if s.get("genotype_from"):  # the same genotype as another system (e.g. a longer fine-tuning)
-            src = self.sys_dir(s["genotype_from"]) / "genotype_in.json"
+            src = self.exp.sys_dir(s["genotype_from"]) / "genotype_in.json"
             if not src.is_file():
                 raise RuntimeError(f"system {s['name']}: genotype_from {s['genotype_from']!r} has no genotype yet "
                                    f"(list that system first)")
@@ -287,7 +276,7 @@ class Runner(Report):
             tmp.replace(g)
             return g
         if s["kind"] in ("kl", "hessian"):
-            cmd = [PY, "mixed_precision.py", "--model", str(self.fp32_model()), "--data-dir", self.data_dir,
+            cmd = [PY, "mixed_precision.py", "--model", str(self.exp.fp32_model()), "--data-dir", self.data_dir,
                    "--space", self.space, "--budget-bytes", str(self.budget_bytes(s)), "--out", str(g),
                    "--device", self.device]
             reuse = self.measured_sensitivity(s["kind"])
@@ -306,9 +295,9 @@ class Runner(Report):
             if self.search_config:
                 cmd += ["--config", self.search_config]
             if s["search_from_fp32"]:
-                cmd += ["--init-from", str(self.fp32_model())]
+                cmd += ["--init-from", str(self.exp.fp32_model())]
             if s["distill_from_fp32"]:
-                cmd += ["--distill-from", str(self.fp32_model())]
+                cmd += ["--distill-from", str(self.exp.fp32_model())]
             if not s["search_bottleneck"]:
                 cmd += ["--no-bottleneck-search"]
             if has_checkpoint(sd / "checkpoint.pt"):
@@ -323,13 +312,13 @@ class Runner(Report):
         """A sensitivity JSON already measured for ``kind`` by another system of this experiment."""
         for o in self.cfg["systems"]:
             if o["kind"] == kind:
-                f = self.sys_dir(o["name"]) / "genotype_in.sensitivity.json"
+                f = self.exp.sys_dir(o["name"]) / "genotype_in.sensitivity.json"
                 if f.is_file():
                     return f
         return None
 
     def retrain(self, s, genotype: Optional[Path]) -> None:
-        d = self.sys_dir(s["name"])
+        d = self.exp.sys_dir(s["name"])
         if (d / "size.json").is_file():
             return
         if s["kind"] == "onnx":
@@ -348,9 +337,9 @@ class Runner(Report):
         elif genotype is not None:
             cmd += ["--genotype", str(genotype)]
         if s["kind"] != "fp32" and s["finetune_from_fp32"]:
-            cmd += ["--init-from", str(self.fp32_model())]
+            cmd += ["--init-from", str(self.exp.fp32_model())]
         if s["kind"] != "fp32" and s["distill_from_fp32"]:
-            cmd += ["--distill-from", str(self.fp32_model())]  # weight/temperature: the config's distill:
+            cmd += ["--distill-from", str(self.exp.fp32_model())]  # weight/temperature: the config's distill:
         if s.get("quant_trainer"):
             cmd += ["--quant-trainer", s["quant_trainer"]]
         if has_checkpoint(d / "checkpoint.pt"):
@@ -360,7 +349,7 @@ class Runner(Report):
 
     def export_onnx(self, s) -> None:
         """Export ``onnx_from``'s packed model to ``model.onnx``; size.json gives the ONNX file's bytes."""
-        d, src = self.sys_dir(s["name"]), self.sys_dir(s["onnx_from"])
+        d, src = self.exp.sys_dir(s["name"]), self.exp.sys_dir(s["onnx_from"])
         if not (src / "size.json").is_file():
             raise RuntimeError(f"system {s['name']}: onnx_from {s['onnx_from']!r} has no model yet (list that "
                                f"system first)")
@@ -381,46 +370,30 @@ class Runner(Report):
         """decode.py's data options for evaluated set ``name`` (a split, or "real")."""
         if name != "real":
             return ["--data-dir", self.data_dir, "--split", name] + self.extra_decode
-        r = self.real
+        r = self.exp.real
         cmd = ["--data-dir", str(r["data_dir"]), "--split", str(r.get("split", "test"))]
         if r.get("lm_text"):
             cmd += ["--lm-text", str(r["lm_text"])]
         return cmd + [str(a) for a in r.get("decode_args", self.extra_decode)]
 
     def decode(self, s) -> None:
-        d = self.sys_dir(s["name"])
-        for split in self.eval_sets:
+        d = self.exp.sys_dir(s["name"])
+        for split in self.exp.eval_sets:
             dd = d / f"decode_{split}"
             if (dd / "wer.json").is_file():
                 continue
             onnx = s["kind"] == "onnx"  # onnxruntime's CPU provider
             cmd = [PY, "decode.py", "--model", str(d / ("model.onnx" if onnx else "model.safetensors")),
                    "--out", str(dd), "--device", "cpu" if onnx else self.device,
-                   "--graph-cache", str(self.out / "graphs")] + self.progress_args
+                   "--graph-cache", str(self.exp.out / "graphs")] + self.progress_args
             run(cmd + self.decode_command(split), d / "log.txt", self.console, f"decode {split}")
 
     # ----------------------------------------------------------------- table
 
     # ----------------------------------------------------------------- LM and whole system
-    def lm_systems(self) -> List[Dict[str, Any]]:
-        return list((self.cfg.get("lm") or {}).get("systems", []))
-
-    def lm_dir(self, name: str) -> Path:
-        return self.out / "lm" / name
-
-    def lm_file(self, l) -> Path:
-        return self.lm_dir(l["name"]) / ("model.pt" if l["kind"] == "fp32" else "model.safetensors")
-
-    def rescore_dir(self, am: str, lm_name: str) -> Path:
-        return self.sys_dir(am) / f"rescore_{lm_name}"
-
-    def lm_reference(self):
-        lm = self.cfg["lm"]
-        return tuple(lm.get("reference") or [lm["acoustic"][0], self.lm_systems()[0]["name"]])
-
     def run_lm(self, l) -> None:
         """Train the float LM (train_lm.py) or quantize it (quantize_lm.py) into out/lm/<name>."""
-        d = self.lm_dir(l["name"])
+        d = self.exp.lm_dir(l["name"])
         if (d / "size.json").is_file() and (d / "ppl.json").is_file():
             return
         lm = self.cfg["lm"]
@@ -430,13 +403,13 @@ class Runner(Report):
                 cmd += ["--config", str(lm["train_config"])]
             what = "train the LM"
         else:
-            fp32 = self.lm_systems()[0]
-            cmd = [PY, "quantize_lm.py", "--init", str(self.lm_file(fp32)), "--data-dir", self.data_dir, "--out",
+            fp32 = self.exp.lm_systems()[0]
+            cmd = [PY, "quantize_lm.py", "--init", str(self.exp.lm_file(fp32)), "--data-dir", self.data_dir, "--out",
                    str(d), "--device", self.device]
             if l["kind"] == "nas":  # search (search_lm.py), then QAT of its argmax bits
                 sd = d / "search"
                 if not (sd / "lm_bits.json").is_file():
-                    scmd = [PY, "search_lm.py", "--init", str(self.lm_file(fp32)), "--data-dir", self.data_dir,
+                    scmd = [PY, "search_lm.py", "--init", str(self.exp.lm_file(fp32)), "--data-dir", self.data_dir,
                             "--out", str(sd), "--device", self.device]
                     scmd += (["--budget-ratio", str(l["budget_ratio"])] if "budget_ratio" in l
                              else ["--budget-bytes", str(int(l["budget_bytes"]))])
@@ -468,25 +441,25 @@ class Runner(Report):
     def run_rescore(self, am: str, l) -> None:
         """n-best rescoring of acoustic system ``am`` with LM ``l``: the fp32 LM's run decodes (rescore.py
         --model, decode_args for the first pass), every other LM rescores those n-best lists."""
-        d = self.rescore_dir(am, l["name"])
+        d = self.exp.rescore_dir(am, l["name"])
         if (d / "rescore.json").is_file():
             return
         lm = self.cfg["lm"]
-        first = self.lm_systems()[0]
-        cmd = [PY, "rescore.py", "--lm", str(self.lm_file(l)), "--data-dir", self.data_dir, "--out", str(d),
+        first = self.exp.lm_systems()[0]
+        cmd = [PY, "rescore.py", "--lm", str(self.exp.lm_file(l)), "--data-dir", self.data_dir, "--out", str(d),
                "--device", self.device]
         if l is first:
-            cmd += ["--model", str(self.sys_dir(am) / "model.safetensors"), "--graph-cache", str(self.out / "graphs")]
+            cmd += ["--model", str(self.exp.sys_dir(am) / "model.safetensors"), "--graph-cache", str(self.exp.out / "graphs")]
             cmd += self.progress_args + self.extra_decode
         else:
-            cmd += ["--nbest-from", str(self.rescore_dir(am, first["name"]))]
+            cmd += ["--nbest-from", str(self.exp.rescore_dir(am, first["name"]))]
         d.mkdir(parents=True, exist_ok=True)
         run(cmd + [str(a) for a in lm.get("rescore_args", [])], d / "log.txt", self.console,
             f"rescore {am} with LM {l['name']}")
 
     def lm_finished(self, l) -> bool:
-        return (self.lm_dir(l["name"]) / "size.json").is_file() and (self.lm_dir(l["name"]) / "ppl.json").is_file() \
-            and all((self.rescore_dir(am, l["name"]) / "rescore.json").is_file() for am in self.cfg["lm"]["acoustic"])
+        return (self.exp.lm_dir(l["name"]) / "size.json").is_file() and (self.exp.lm_dir(l["name"]) / "ppl.json").is_file() \
+            and all((self.exp.rescore_dir(am, l["name"]) / "rescore.json").is_file() for am in self.cfg["lm"]["acoustic"])
 
     def run_lm_part(self) -> List[Dict[str, Any]]:
         """Every LM system with its rescoring of every acoustic system, then the system table. Each LM is
@@ -494,16 +467,16 @@ class Runner(Report):
         an LM's rescoring waits for the fp32 LM's n-best lists (left to a rerun when another runner is
         still making them)."""
         lm = self.cfg["lm"]
-        waiting = [a for a in lm["acoustic"] if not self.finished_named(a)]
+        waiting = [a for a in lm["acoustic"] if not self.exp.finished_named(a)]
         if waiting:
             self.console.line(f"LM rescoring waits for acoustic system(s) {', '.join(waiting)}: skipped here")
             return []
-        first = self.lm_systems()[0]
+        first = self.exp.lm_systems()[0]
         left = []
-        for l in self.lm_systems():  # the fp32 LM first: its rescoring runs make the n-best lists
+        for l in self.exp.lm_systems():  # the fp32 LM first: its rescoring runs make the n-best lists
             if self.lm_finished(l):
                 continue
-            lock = SystemLock(self.lm_dir(l["name"]))
+            lock = SystemLock(self.exp.lm_dir(l["name"]))
             if not lock.acquire():
                 self.console.line(f"LM {l['name']} is being run by another runner: skipped here")
                 left.append(l["name"])
@@ -511,7 +484,7 @@ class Runner(Report):
             try:
                 self.console.line(f"LM {l['name']} ({l['kind']})")
                 self.run_lm(l)
-                lists_ready = all((self.rescore_dir(am, first["name"]) / "rescore.json").is_file()
+                lists_ready = all((self.exp.rescore_dir(am, first["name"]) / "rescore.json").is_file()
                                   for am in lm["acoustic"])
                 if l is first or lists_ready:
                     for am in lm["acoustic"]:
@@ -524,25 +497,25 @@ class Runner(Report):
         if left:
             self.console.line(f"LM systems not finished here: {', '.join(left)}; rerun to complete the system table")
             return []
-        rows = [self.system_row(am, l) for am in lm["acoustic"] for l in self.lm_systems()]
-        self.write_system_table(rows)
+        rows = [self.report.system_row(am, l) for am in lm["acoustic"] for l in self.exp.lm_systems()]
+        self.report.write_system_table(rows)
         return rows
 
     def table_only(self) -> List[Dict[str, Any]]:
         """Write the table from the systems already finished; run nothing."""
-        rows = [self.row(s) for s in self.cfg["systems"] if self.finished(s)]
-        missing = [s["name"] for s in self.cfg["systems"] if not self.finished(s)]
+        rows = [self.report.row(s) for s in self.cfg["systems"] if self.exp.finished(s)]
+        missing = [s["name"] for s in self.cfg["systems"] if not self.exp.finished(s)]
         if missing:
             log.info("not finished (left out of the table): %s", missing)
         if rows:
-            self.write_table(rows)
+            self.report.write_table(rows)
         if self.cfg.get("lm") is not None:
-            pairs = [(am, l) for am in self.cfg["lm"]["acoustic"] for l in self.lm_systems()]
-            done = [(am, l) for am, l in pairs if (self.rescore_dir(am, l["name"]) / "rescore.json").is_file()
-                    and (self.lm_dir(l["name"]) / "size.json").is_file()]
-            ref_am, ref_lm = self.lm_reference()
-            if done and (self.rescore_dir(ref_am, ref_lm) / "rescore.json").is_file():
-                self.write_system_table([self.system_row(am, l) for am, l in done])
+            pairs = [(am, l) for am in self.cfg["lm"]["acoustic"] for l in self.exp.lm_systems()]
+            done = [(am, l) for am, l in pairs if (self.exp.rescore_dir(am, l["name"]) / "rescore.json").is_file()
+                    and (self.exp.lm_dir(l["name"]) / "size.json").is_file()]
+            ref_am, ref_lm = self.exp.lm_reference()
+            if done and (self.exp.rescore_dir(ref_am, ref_lm) / "rescore.json").is_file():
+                self.report.write_system_table([self.report.system_row(am, l) for am, l in done])
         return rows
 
     def run_all(self, only: Optional[List[str]] = None) -> List[Dict[str, Any]]:
@@ -557,16 +530,16 @@ class Runner(Report):
         if not any(s["kind"] == "fp32" for s in systems):
             raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
         rows, busy = [], []
-        todo = [s["name"] for s in order if not self.finished(s)]
+        todo = [s["name"] for s in order if not self.exp.finished(s)]
         if todo:
-            self.console.line(f"{len(todo)} of {len(order)} systems to run: {', '.join(todo)} (logs: {self.out}/<system>/log.txt)")
+            self.console.line(f"{len(todo)} of {len(order)} systems to run: {', '.join(todo)} (logs: {self.exp.out}/<system>/log.txt)")
         for s in order:
-            if not self.finished(s) and self.needs_fp32(s) and not self.finished_named("fp32"):
+            if not self.exp.finished(s) and self.needs_fp32(s) and not self.exp.finished_named("fp32"):
                 self.console.line(f"{s['name']} waits for the fp32 baseline (not finished yet): skipped here")
                 busy.append(s["name"])
                 continue
-            if not self.finished(s):
-                lock = SystemLock(self.sys_dir(s["name"]))
+            if not self.exp.finished(s):
+                lock = SystemLock(self.exp.sys_dir(s["name"]))
                 if not lock.acquire():
                     self.console.line(f"{s['name']} is being run by another runner: skipped here")
                     busy.append(s["name"])
@@ -580,17 +553,17 @@ class Runner(Report):
                     self.decode(s)
                 finally:
                     lock.release()
-                self.console.line(f"    => {self.result_line(self.row(s))} ({time.time() - t0:.0f} s)")
+                self.console.line(f"    => {self.report.result_line(self.report.row(s))} ({time.time() - t0:.0f} s)")
             else:  # a runner killed after the system's last stage, before releasing its lock, left it
-                lock = SystemLock(self.sys_dir(s["name"]))
+                lock = SystemLock(self.exp.sys_dir(s["name"]))
                 if lock.path.is_file() and lock.stale():
                     lock.release()
-            rows.append(self.row(s))
-            self.write_table(rows, show=False)
+            rows.append(self.report.row(s))
+            self.report.write_table(rows, show=False)
         if rows:  # once more with every row fresh: rows written early lacked the later reference's tests
-            rows = [self.row(s) for s in order if self.finished(s)]
-            self.write_table(rows)
-            self.show_ending()
+            rows = [self.report.row(s) for s in order if self.exp.finished(s)]
+            self.report.write_table(rows)
+            self.report.show_ending()
         if self.cfg.get("lm") is not None and (not only or "lm" in only):
             self.run_lm_part()
         if busy:
@@ -606,13 +579,6 @@ class Runner(Report):
             return True
         return s["finetune_from_fp32"] or s["distill_from_fp32"]
 
-    def finished_named(self, name: str) -> bool:
-        return any(self.finished(s) for s in self.cfg["systems"] if s["name"] == name)
-
-    def finished(self, s) -> bool:
-        d = self.sys_dir(s["name"])
-        return (d / "size.json").is_file() and all((d / f"decode_{sp}" / "wer.json").is_file()
-                                                   for sp in self.eval_sets)
 
 
 def main(argv=None) -> int:
@@ -640,10 +606,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(cfg, out, args.device or cfg.get("device", "cpu"), Console(quiet=args.quiet))
     if args.compare:
-        runner.print_comparisons([tuple(p.split(":")) for p in args.compare.split(",") if p])
+        runner.report.print_comparisons([tuple(p.split(":")) for p in args.compare.split(",") if p])
     elif args.table_only:
         runner.table_only()
-        runner.show_ending()
+        runner.report.show_ending()
     else:
         runner.run_all(args.only.split(",") if args.only else None)
     return 0

@@ -45,8 +45,8 @@ def test_per_system_reference(tmp_path):
         d.mkdir(parents=True)
         (d / "refs.txt").write_text("".join(f"u{i} {r}\n" for i, r in enumerate(refs)))
         (d / "hyps.txt").write_text("".join(f"u{i} {x}\n" for i, x in enumerate(h)))
-    assert runner.significance("b", "dev", "a")[2] == pytest.approx(0.0)  # same hyps as its reference
-    assert runner.significance("b", "dev")[2] == pytest.approx(10.0)       # 1 error in 10 words vs fp32
+    assert runner.report.significance("b", "dev", "a")[2] == pytest.approx(0.0)  # same hyps as its reference
+    assert runner.report.significance("b", "dev")[2] == pytest.approx(10.0)       # 1 error in 10 words vs fp32
 
 
 def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path, monkeypatch):
@@ -68,7 +68,7 @@ def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path,
     monkeypatch.setattr(rx, "run", fake_run)
     for s in cfg["systems"]:
         runner.retrain(s, runner.genotype(s))
-    teacher = str(runner.fp32_model())
+    teacher = str(runner.exp.fp32_model())
 
     def teacher_of(key):
         c = cmds[key]
@@ -90,26 +90,26 @@ def test_real_speech_set_is_decoded_tabled_and_counts_for_lossless(tmp_path):
     p.write_text(json.dumps({**base, "real_speech": {"data_dir": "r", "lm_text": "r/lm_prompts.txt"}}))
     cfg = rx.load_config(p)
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
-    assert runner.eval_sets == ["dev", "test", "real"]
+    assert runner.exp.eval_sets == ["dev", "test", "real"]
     assert runner.decode_command("real") == ["--data-dir", "r", "--split", "test", "--lm-text", "r/lm_prompts.txt",
                                              "--acoustic-scale", "1.2"]
     assert runner.decode_command("dev") == ["--data-dir", "d", "--split", "dev", "--acoustic-scale", "1.2"]
     # lossless needs every evaluated set, the real one included
     d = {"delta_dev": 1.0, "delta_test": 1.0, "delta_real": 1.0}
-    assert runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.3, **d})
-    assert not runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01, **d})
+    assert runner.report.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.3, **d})
+    assert not runner.report.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01, **d})
     # a significant decrease is no loss: lossless means no significant WER increase
-    assert runner.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01, **d, "delta_real": -4.0})
+    assert runner.report.lossless({"p_dev": 0.5, "p_test": 0.2, "p_real": 0.01, **d, "delta_real": -4.0})
     # a system is finished only once the real set is decoded too
     d = tmp_path / "exp" / "u4"
     for sp in ("dev", "test"):
         (d / f"decode_{sp}").mkdir(parents=True)
         (d / f"decode_{sp}" / "wer.json").write_text("{}")
     (d / "size.json").write_text("{}")
-    assert not runner.finished(cfg["systems"][1])
+    assert not runner.exp.finished(cfg["systems"][1])
     (d / "decode_real").mkdir()
     (d / "decode_real" / "wer.json").write_text("{}")
-    assert runner.finished(cfg["systems"][1])
+    assert runner.exp.finished(cfg["systems"][1])
 
 
 def test_onnx_system_needs_an_earlier_source_system(tmp_path):
@@ -141,12 +141,12 @@ def test_compare_prints_pairwise_tests_of_finished_systems(tmp_path, capsys):
         (d / "hyps.txt").write_text("".join(f"u{i} {x}\n" for i, x in enumerate(h)))
         (d / "wer.json").write_text("{}")
         (d.parent / "size.json").write_text("{}")
-    runner.print_comparisons([("a", "fp32"), ("a", "b")])
+    runner.report.print_comparisons([("a", "fp32"), ("a", "b")])
     rows = capsys.readouterr().out.strip().splitlines()
     assert rows[0].startswith("| system | against | set |") and len(rows) == 4
     assert rows[2].startswith("| a | fp32 | dev | +10.00 |") and rows[3].startswith("| a | b | dev | +0.00 |")
     with pytest.raises(ValueError, match="finished systems"):
-        runner.print_comparisons([("a", "nope")])
+        runner.report.print_comparisons([("a", "nope")])
 
 
 LM_SECTION = {"systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u2", "kind": "uniform", "bits": 2},

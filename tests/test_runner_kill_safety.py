@@ -33,7 +33,7 @@ def _finished_fp32(out):
 
 
 def test_a_finished_systems_stale_lock_is_removed_a_live_one_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr(rx.Runner, "plot", lambda self, rows: None)
+    monkeypatch.setattr(rx.Report, "plot", lambda self, rows: None)
     cfg = {"data_dir": "d", "splits": ["dev"], "systems": [{"name": "fp32", "kind": "fp32"}]}
     out = tmp_path / "exp"
     d = _finished_fp32(out)
