@@ -563,9 +563,10 @@ class Runner:
         if rows:  # once more with every row fresh: rows written early lacked the later reference's tests
             rows = [self.report.row(s) for s in order if self.exp.finished(s)]
             self.report.write_table(rows)
-            self.report.show_ending()
         if self.cfg.get("lm") is not None and (not only or "lm" in only):
             self.run_lm_part()
+        if rows:  # the last lines: where the table, the plot and the TensorBoard logs are
+            self.report.show_ending()
         if busy:
             self.console.line(f"not in the table yet (run by another runner): {', '.join(busy)}; rerun to complete it")
         return rows

@@ -153,6 +153,8 @@ class Report:
         """The last lines: where the table and plot are, and how to look at the search in TensorBoard."""
         c = self.console
         c.line(f"table: {self.exp.out / 'results.md'} (also .csv, .json)")
+        if (self.exp.out / "system_results.md").is_file():
+            c.line(f"system table (acoustic model x LM): {self.exp.out / 'system_results.md'} (also .csv, .json)")
         c.line(f"plot:  {self.exp.out / 'wer_vs_size.png'} (test WER against bytes on disk; dashed: the reference "
                f"{self.exp.reference}; hollow markers: not lossless, a significant increase (p < 0.05) on some set)")
         c.line(f"TensorBoard: tensorboard --logdir {self.exp.out}")
