@@ -39,8 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-
+from runner.config import ExperimentConfig, load_config
 from runner.console import Console, run_stage, stop_on_sigterm
 from runner.experiment import Experiment
 from runner.report import Report
@@ -48,136 +47,6 @@ from training.cli import HelpFormatter, add_debug_flag, run_main
 
 log = logging.getLogger("run_experiments")
 PY = sys.executable
-KINDS = ("fp32", "uniform", "kl", "hessian", "nas", "onnx")
-TOP_KEYS = {"data_dir", "systems", "space", "splits", "retrain_config", "search_config", "finetune_config",
-            "retrain_args", "decode_args", "reference", "search_from_fp32", "finetune_from_fp32",
-            "distill_from_fp32", "device", "out", "real_speech", "lm"}
-# real_speech: a second test set of real human speech (prepare_data.py --corpus asterisk), decoded for
-# every system; a system is lossless only where it is lossless on the synthetic splits and on it.
-REAL_KEYS = {"data_dir", "split", "lm_text", "decode_args"}
-# lm: the Transformer LM half of the system (docs/LM.md): LM systems (fp32 trained by train_lm.py, the others
-# quantized from it by quantize_lm.py), every acoustic system of `acoustic` rescored with every LM
-# (rescore.py; the fp32 LM's run decodes, the others rescore its n-best lists), and a system table.
-LM_KEYS = {"systems", "acoustic", "reference", "train_config", "quant_config", "search_config", "rescore_args"}
-LM_KINDS = ("fp32", "uniform", "kl", "hessian", "nas")
-LM_SYSTEM_KEYS = {"name", "kind", "bits", "budget_ratio", "budget_bytes", "quant_args"}
-SYSTEM_KEYS = {"name", "kind", "group", "bits", "budget_ratio", "budget_bytes", "genotype_from", "retrain_config",
-               "retrain_args", "search_args", "sensitivity_args", "search_bottleneck", "search_from_fp32",
-               "finetune_from_fp32", "distill_from_fp32", "quant_trainer", "reference", "onnx_from", "onnx_args"}
-
-
-def load_config(path) -> Dict[str, Any]:
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping with keys data_dir and systems")
-    for key in ("data_dir", "systems"):
-        if key not in cfg:
-            raise ValueError(f"{path}: missing required key {key!r}")
-    unknown = sorted(set(cfg) - TOP_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
-    if not isinstance(cfg["systems"], list) or not all(isinstance(s, dict) for s in cfg["systems"]):
-        raise ValueError(f"{path}: systems must be a list of mappings")
-    names = set()
-    for i, s in enumerate(cfg["systems"]):
-        if s.get("kind") not in KINDS:
-            raise ValueError(f"{path}: systems[{i}].kind must be one of {KINDS}, got {s.get('kind')!r}")
-        if "name" not in s:
-            raise ValueError(f"{path}: systems[{i}] needs a name")
-        unknown = sorted(set(s) - SYSTEM_KEYS)
-        if unknown:
-            raise ValueError(f"{path}: system {s['name']}: unknown key(s) {unknown}; known: {sorted(SYSTEM_KEYS)}")
-        if s["name"] in names:
-            raise ValueError(f"{path}: duplicate system name {s['name']!r}")
-        names.add(s["name"])
-        if s["kind"] == "onnx" and s.get("onnx_from") not in names - {s["name"]}:
-            raise ValueError(f"{path}: system {s['name']} (onnx) needs onnx_from naming a system listed before it")
-        if s["kind"] in ("kl", "hessian", "nas") and "budget_ratio" not in s and "budget_bytes" not in s:
-            raise ValueError(f"{path}: system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
-        _check_budget(path, s)
-    resolve_system_defaults(cfg, path)
-    if cfg.get("lm") is not None:
-        _check_lm(path, cfg["lm"], names)
-    real = cfg.get("real_speech")
-    if real is not None:
-        if not isinstance(real, dict) or "data_dir" not in real:
-            raise ValueError(f"{path}: real_speech must be a mapping with data_dir (and split, lm_text, decode_args)")
-        unknown = sorted(set(real) - REAL_KEYS)
-        if unknown:
-            raise ValueError(f"{path}: real_speech: unknown key(s) {unknown}; known: {sorted(REAL_KEYS)}")
-    return cfg
-
-
-# Switches a system takes from the experiment's top level unless it sets its own, with their defaults.
-INHERITED = {"search_from_fp32": True, "finetune_from_fp32": True, "distill_from_fp32": False}
-
-
-def resolve_system_defaults(cfg: Dict[str, Any], path="config") -> Dict[str, Any]:
-    """Fill every system's inherited switches (:data:`INHERITED`) and ``search_bottleneck`` once, so the
-    stages read ``s[key]`` and never look in two places; each must be true or false. Idempotent."""
-    for k, default in INHERITED.items():
-        top = cfg.get(k, default)
-        if not isinstance(top, bool):
-            raise ValueError(f"{path}: {k} must be true or false, got {top!r}")
-        for s in cfg["systems"]:
-            s.setdefault(k, top)
-    for s in cfg["systems"]:
-        s.setdefault("search_bottleneck", True)
-        for k in list(INHERITED) + ["search_bottleneck"]:
-            if not isinstance(s[k], bool):
-                raise ValueError(f"{path}: system {s.get('name')}: {k} must be true or false, got {s[k]!r}")
-    return cfg
-
-
-def _check_lm(path, lm, am_names) -> None:
-    """The ``lm:`` section: known keys, LM systems (exactly one fp32, listed first), acoustic systems that
-    exist, a reference pair (acoustic system, LM system)."""
-    if not isinstance(lm, dict) or not isinstance(lm.get("systems"), list) or not lm["systems"]:
-        raise ValueError(f"{path}: lm must be a mapping with a non-empty list of systems")
-    unknown = sorted(set(lm) - LM_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: lm: unknown key(s) {unknown}; known: {sorted(LM_KEYS)}")
-    names = []
-    for i, s in enumerate(lm["systems"]):
-        if not isinstance(s, dict) or s.get("kind") not in LM_KINDS or "name" not in s:
-            raise ValueError(f"{path}: lm.systems[{i}] needs a name and a kind in {LM_KINDS}")
-        bad = sorted(set(s) - LM_SYSTEM_KEYS)
-        if bad:
-            raise ValueError(f"{path}: lm system {s['name']}: unknown key(s) {bad}; known: {sorted(LM_SYSTEM_KEYS)}")
-        if s["name"] in names:
-            raise ValueError(f"{path}: duplicate lm system name {s['name']!r}")
-        names.append(s["name"])
-        if s["kind"] == "uniform" and "bits" not in s:
-            raise ValueError(f"{path}: lm system {s['name']} (uniform) needs bits")
-        if s["kind"] in ("kl", "hessian", "nas") and ("budget_ratio" in s) == ("budget_bytes" in s):
-            raise ValueError(f"{path}: lm system {s['name']} ({s['kind']}) needs budget_ratio or budget_bytes")
-        _check_budget(path, s)
-    if [s["kind"] for s in lm["systems"]].count("fp32") != 1 or lm["systems"][0]["kind"] != "fp32":
-        raise ValueError(f"{path}: lm.systems needs exactly one fp32 LM, listed first (the others start from it)")
-    ams = lm.get("acoustic")
-    if not isinstance(ams, list) or not ams or not set(ams) <= set(am_names):
-        raise ValueError(f"{path}: lm.acoustic must list systems of the config, got {ams!r}")
-    ref = lm.get("reference")
-    if ref is not None and (not isinstance(ref, list) or len(ref) != 2 or ref[0] not in ams or ref[1] not in names):
-        raise ValueError(f"{path}: lm.reference must be [an lm.acoustic system, an lm system], got {ref!r}")
-
-
-def _check_budget(path, s) -> None:
-    """budget_ratio (a compression factor, >= 1) and budget_bytes (> 0) must be finite numbers."""
-    import math
-
-    for key, low, strict in (("budget_ratio", 1, False), ("budget_bytes", 0, True)):
-        if key not in s:
-            continue
-        v = s[key]
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and (
-            v > low if strict else v >= low)
-        if not ok:
-            raise ValueError(f"{path}: system {s['name']}: {key} must be a finite number "
-                             f"{'>' if strict else '>='} {low}, got {v!r}")
-
-
 def run(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "") -> None:
     """Run a stage; its output goes to ``log_file`` (progress bars to the console); a failure stops the
     runner with that log's tail."""
@@ -239,70 +108,71 @@ class Runner:
     part; the experiment's files and sets are :attr:`exp`'s, the tables and the plot :attr:`report`'s."""
 
     def __init__(self, cfg: Dict[str, Any], out: Path, device: str, console: Optional[Console] = None):
-        self.cfg, self.device = resolve_system_defaults(cfg), device
+        self.cfg = cfg if isinstance(cfg, ExperimentConfig) else ExperimentConfig.from_dict(cfg)
+        self.device = device
         self.console = console or Console(quiet=True)
         self.exp = Experiment(self.cfg, out)
         self.report = Report(self.exp, self.console)
         # stages draw their progress bars only when the console forwards them to a terminal
         self.progress_args = [] if self.console.live else ["--no-progress"]
-        self.data_dir = cfg["data_dir"]
-        self.space = cfg.get("space", "tdnnf_demo")
-        self.retrain_config = cfg.get("retrain_config")
-        self.search_config = cfg.get("search_config")
-        self.extra_retrain = [str(a) for a in cfg.get("retrain_args", [])]
-        self.extra_decode = [str(a) for a in cfg.get("decode_args", [])]
+        self.data_dir = self.cfg.data_dir
+        self.space = self.cfg.space
+        self.retrain_config = self.cfg.retrain_config
+        self.search_config = self.cfg.search_config
+        self.extra_retrain = [str(a) for a in self.cfg.retrain_args]
+        self.extra_decode = [str(a) for a in self.cfg.decode_args]
 
     def budget_bytes(self, s) -> int:
-        if "budget_bytes" in s:
-            return int(s["budget_bytes"])
+        if s.budget_bytes is not None:
+            return int(s.budget_bytes)
         fp32 = json.load(open(self.exp.sys_dir("fp32") / "size.json"))["fp32_bytes"]
-        return int(fp32 / float(s["budget_ratio"]))
+        return int(fp32 / float(s.budget_ratio))
 
     # ----------------------------------------------------------------- stages
     def genotype(self, s) -> Optional[Path]:
         """Write (or reuse) the system's genotype; None for fp32/uniform."""
-        d = self.exp.sys_dir(s["name"])
+        d = self.exp.sys_dir(s.name)
         g = d / "genotype_in.json"
-        if s["kind"] in ("fp32", "uniform", "onnx") or g.is_file():
+        if s.kind in ("fp32", "uniform", "onnx") or g.is_file():
             return g if g.is_file() else None
-        if s.get("genotype_from"):  # the same genotype as another system (e.g. a longer fine-tuning)
-            src = self.exp.sys_dir(s["genotype_from"]) / "genotype_in.json"
+        if s.genotype_from:  # the same genotype as another system (e.g. a longer fine-tuning)
+            src = self.exp.sys_dir(s.genotype_from) / "genotype_in.json"
             if not src.is_file():
-                raise RuntimeError(f"system {s['name']}: genotype_from {s['genotype_from']!r} has no genotype yet "
+                raise RuntimeError(f"system {s.name}: genotype_from {s.genotype_from!r} has no genotype yet "
                                    f"(list that system first)")
             d.mkdir(parents=True, exist_ok=True)
             tmp = g.with_suffix(".tmp")
             tmp.write_text(src.read_text())
             tmp.replace(g)
             return g
-        if s["kind"] in ("kl", "hessian"):
+        if s.kind in ("kl", "hessian"):
             cmd = [PY, "mixed_precision.py", "--model", str(self.exp.fp32_model()), "--data-dir", self.data_dir,
                    "--space", self.space, "--budget-bytes", str(self.budget_bytes(s)), "--out", str(g),
                    "--device", self.device]
-            reuse = self.measured_sensitivity(s["kind"])
+            reuse = self.measured_sensitivity(s.kind)
             if reuse is not None:  # same fp32 model, same measure: only the allocation differs
                 cmd += ["--sensitivity-in", str(reuse)]
             else:
-                cmd += ["--method", s["kind"]]
-                if s["kind"] == "hessian" and self.retrain_config:
+                cmd += ["--method", s.kind]
+                if s.kind == "hessian" and self.retrain_config:
                     cmd += ["--config", self.retrain_config]  # the LF-MMI settings the model was trained with
-            run(cmd + [str(a) for a in s.get("sensitivity_args", [])], d / "log.txt", self.console,
-                f"{s['kind']} sensitivity and allocation")
+            run(cmd + [str(a) for a in s.sensitivity_args], d / "log.txt", self.console,
+                f"{s.kind} sensitivity and allocation")
         else:
             sd = d / "search"
             cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(sd),
                    "--budget-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
             if self.search_config:
                 cmd += ["--config", self.search_config]
-            if s["search_from_fp32"]:
+            if s.search_from_fp32:
                 cmd += ["--init-from", str(self.exp.fp32_model())]
-            if s["distill_from_fp32"]:
+            if s.distill_from_fp32:
                 cmd += ["--distill-from", str(self.exp.fp32_model())]
-            if not s["search_bottleneck"]:
+            if not s.search_bottleneck:
                 cmd += ["--no-bottleneck-search"]
             if has_checkpoint(sd / "checkpoint.pt"):
                 cmd += ["--resume"]
-            run(cmd + [str(a) for a in s.get("search_args", [])], d / "log.txt", self.console, "search")
+            run(cmd + [str(a) for a in s.search_args], d / "log.txt", self.console, "search")
             tmp = g.with_suffix(".tmp")  # atomically: an existing genotype_in.json is used as it is
             tmp.write_text((sd / "genotype.json").read_text())
             tmp.replace(g)
@@ -310,58 +180,58 @@ class Runner:
 
     def measured_sensitivity(self, kind: str) -> Optional[Path]:
         """A sensitivity JSON already measured for ``kind`` by another system of this experiment."""
-        for o in self.cfg["systems"]:
-            if o["kind"] == kind:
-                f = self.exp.sys_dir(o["name"]) / "genotype_in.sensitivity.json"
+        for o in self.cfg.systems:
+            if o.kind == kind:
+                f = self.exp.sys_dir(o.name) / "genotype_in.sensitivity.json"
                 if f.is_file():
                     return f
         return None
 
     def retrain(self, s, genotype: Optional[Path]) -> None:
-        d = self.exp.sys_dir(s["name"])
+        d = self.exp.sys_dir(s.name)
         if (d / "size.json").is_file():
             return
-        if s["kind"] == "onnx":
+        if s.kind == "onnx":
             self.export_onnx(s)
             return
         cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(d),
                "--device", self.device] + self.progress_args
         rc = self.retrain_config
-        if s["kind"] != "fp32" and self.cfg.get("finetune_config"):
-            rc = self.cfg["finetune_config"]
-        rc = s.get("retrain_config", rc)
+        if s.kind != "fp32" and self.cfg.finetune_config:
+            rc = self.cfg.finetune_config
+        rc = s.retrain_config or rc
         if rc:
             cmd += ["--config", rc]
-        if s["kind"] == "uniform":
-            cmd += ["--uniform-bits", str(int(s["bits"]))]
+        if s.kind == "uniform":
+            cmd += ["--uniform-bits", str(int(s.bits))]
         elif genotype is not None:
             cmd += ["--genotype", str(genotype)]
-        if s["kind"] != "fp32" and s["finetune_from_fp32"]:
+        if s.kind != "fp32" and s.finetune_from_fp32:
             cmd += ["--init-from", str(self.exp.fp32_model())]
-        if s["kind"] != "fp32" and s["distill_from_fp32"]:
+        if s.kind != "fp32" and s.distill_from_fp32:
             cmd += ["--distill-from", str(self.exp.fp32_model())]  # weight/temperature: the config's distill:
-        if s.get("quant_trainer"):
-            cmd += ["--quant-trainer", s["quant_trainer"]]
+        if s.quant_trainer:
+            cmd += ["--quant-trainer", s.quant_trainer]
         if has_checkpoint(d / "checkpoint.pt"):
             cmd += ["--resume"]
-        what = "train" if s["kind"] == "fp32" else "fine-tune (QAT) and export"
-        run(cmd + self.extra_retrain + [str(a) for a in s.get("retrain_args", [])], d / "log.txt", self.console, what)
+        what = "train" if s.kind == "fp32" else "fine-tune (QAT) and export"
+        run(cmd + self.extra_retrain + [str(a) for a in s.retrain_args], d / "log.txt", self.console, what)
 
     def export_onnx(self, s) -> None:
         """Export ``onnx_from``'s packed model to ``model.onnx``; size.json gives the ONNX file's bytes."""
-        d, src = self.exp.sys_dir(s["name"]), self.exp.sys_dir(s["onnx_from"])
+        d, src = self.exp.sys_dir(s.name), self.exp.sys_dir(s.onnx_from)
         if not (src / "size.json").is_file():
-            raise RuntimeError(f"system {s['name']}: onnx_from {s['onnx_from']!r} has no model yet (list that "
+            raise RuntimeError(f"system {s.name}: onnx_from {s.onnx_from!r} has no model yet (list that "
                                f"system first)")
         d.mkdir(parents=True, exist_ok=True)
         onnx = d / "model.onnx"
         run([PY, "export_onnx.py", "--model", str(src / "model.safetensors"), "--out", str(onnx)]
-            + [str(a) for a in s.get("onnx_args", [])], d / "log.txt", self.console, "export ONNX")
+            + [str(a) for a in s.onnx_args], d / "log.txt", self.console, "export ONNX")
         size = json.load(open(src / "size.json"))
         nbytes = onnx.stat().st_size
         (d / "genotype.json").write_text((src / "genotype.json").read_text())
         tmp = d / "size.json.tmp"
-        tmp.write_text(json.dumps({"format": "onnx", "source": s["onnx_from"], "file_bytes": nbytes,
+        tmp.write_text(json.dumps({"format": "onnx", "source": s.onnx_from, "file_bytes": nbytes,
                                    "payload_bytes": nbytes, "fp32_bytes": size["fp32_bytes"],
                                    "packed_file_bytes": size["file_bytes"]}, indent=1))
         tmp.replace(d / "size.json")
@@ -371,18 +241,18 @@ class Runner:
         if name != "real":
             return ["--data-dir", self.data_dir, "--split", name] + self.extra_decode
         r = self.exp.real
-        cmd = ["--data-dir", str(r["data_dir"]), "--split", str(r.get("split", "test"))]
-        if r.get("lm_text"):
-            cmd += ["--lm-text", str(r["lm_text"])]
-        return cmd + [str(a) for a in r.get("decode_args", self.extra_decode)]
+        cmd = ["--data-dir", str(r.data_dir), "--split", str(r.split)]
+        if r.lm_text:
+            cmd += ["--lm-text", str(r.lm_text)]
+        return cmd + [str(a) for a in (r.decode_args if r.decode_args is not None else self.extra_decode)]
 
     def decode(self, s) -> None:
-        d = self.exp.sys_dir(s["name"])
+        d = self.exp.sys_dir(s.name)
         for split in self.exp.eval_sets:
             dd = d / f"decode_{split}"
             if (dd / "wer.json").is_file():
                 continue
-            onnx = s["kind"] == "onnx"  # onnxruntime's CPU provider
+            onnx = s.kind == "onnx"  # onnxruntime's CPU provider
             cmd = [PY, "decode.py", "--model", str(d / ("model.onnx" if onnx else "model.safetensors")),
                    "--out", str(dd), "--device", "cpu" if onnx else self.device,
                    "--graph-cache", str(self.exp.out / "graphs")] + self.progress_args
@@ -393,58 +263,58 @@ class Runner:
     # ----------------------------------------------------------------- LM and whole system
     def run_lm(self, l) -> None:
         """Train the float LM (train_lm.py) or quantize it (quantize_lm.py) into out/lm/<name>."""
-        d = self.exp.lm_dir(l["name"])
+        d = self.exp.lm_dir(l.name)
         if (d / "size.json").is_file() and (d / "ppl.json").is_file():
             return
-        lm = self.cfg["lm"]
-        if l["kind"] == "fp32":
+        lm = self.cfg.lm
+        if l.kind == "fp32":
             cmd = [PY, "train_lm.py", "--data-dir", self.data_dir, "--out", str(d), "--device", self.device]
-            if lm.get("train_config"):
-                cmd += ["--config", str(lm["train_config"])]
+            if lm.train_config:
+                cmd += ["--config", str(lm.train_config)]
             what = "train the LM"
         else:
             fp32 = self.exp.lm_systems()[0]
             cmd = [PY, "quantize_lm.py", "--init", str(self.exp.lm_file(fp32)), "--data-dir", self.data_dir, "--out",
                    str(d), "--device", self.device]
-            if l["kind"] == "nas":  # search (search_lm.py), then QAT of its argmax bits
+            if l.kind == "nas":  # search (search_lm.py), then QAT of its argmax bits
                 sd = d / "search"
                 if not (sd / "lm_bits.json").is_file():
                     scmd = [PY, "search_lm.py", "--init", str(self.exp.lm_file(fp32)), "--data-dir", self.data_dir,
                             "--out", str(sd), "--device", self.device]
-                    scmd += (["--budget-ratio", str(l["budget_ratio"])] if "budget_ratio" in l
-                             else ["--budget-bytes", str(int(l["budget_bytes"]))])
-                    if lm.get("search_config"):
-                        scmd += ["--config", str(lm["search_config"])]
+                    scmd += (["--budget-ratio", str(l.budget_ratio)] if l.budget_ratio is not None
+                             else ["--budget-bytes", str(int(l.budget_bytes))])
+                    if lm.search_config:
+                        scmd += ["--config", str(lm.search_config)]
                     if has_checkpoint(sd / "checkpoint.pt"):
                         scmd += ["--resume"]
                     d.mkdir(parents=True, exist_ok=True)
                     run(scmd + self.progress_args, d / "log.txt", self.console, "search the LM's bits")
                 cmd += ["--method", "file", "--bits-from", str(sd / "lm_bits.json")]
             else:
-                cmd += ["--method", l["kind"]]
-            if l["kind"] == "uniform":
-                cmd += ["--bits", str(int(l["bits"]))]
-            elif l["kind"] == "nas":
+                cmd += ["--method", l.kind]
+            if l.kind == "uniform":
+                cmd += ["--bits", str(int(l.bits))]
+            elif l.kind == "nas":
                 pass
-            elif "budget_ratio" in l:
-                cmd += ["--budget-ratio", str(l["budget_ratio"])]
+            elif l.budget_ratio is not None:
+                cmd += ["--budget-ratio", str(l.budget_ratio)]
             else:
-                cmd += ["--budget-bytes", str(int(l["budget_bytes"]))]
-            if lm.get("quant_config"):
-                cmd += ["--config", str(lm["quant_config"])]
-            what = f"quantize the LM ({l['kind']})"
+                cmd += ["--budget-bytes", str(int(l.budget_bytes))]
+            if lm.quant_config:
+                cmd += ["--config", str(lm.quant_config)]
+            what = f"quantize the LM ({l.kind})"
         if has_checkpoint(d / "checkpoint.pt"):
             cmd += ["--resume"]
         d.mkdir(parents=True, exist_ok=True)
-        run(cmd + self.progress_args + [str(a) for a in l.get("quant_args", [])], d / "log.txt", self.console, what)
+        run(cmd + self.progress_args + [str(a) for a in l.quant_args], d / "log.txt", self.console, what)
 
     def run_rescore(self, am: str, l) -> None:
         """n-best rescoring of acoustic system ``am`` with LM ``l``: the fp32 LM's run decodes (rescore.py
         --model, decode_args for the first pass), every other LM rescores those n-best lists."""
-        d = self.exp.rescore_dir(am, l["name"])
+        d = self.exp.rescore_dir(am, l.name)
         if (d / "rescore.json").is_file():
             return
-        lm = self.cfg["lm"]
+        lm = self.cfg.lm
         first = self.exp.lm_systems()[0]
         cmd = [PY, "rescore.py", "--lm", str(self.exp.lm_file(l)), "--data-dir", self.data_dir, "--out", str(d),
                "--device", self.device]
@@ -452,22 +322,22 @@ class Runner:
             cmd += ["--model", str(self.exp.sys_dir(am) / "model.safetensors"), "--graph-cache", str(self.exp.out / "graphs")]
             cmd += self.progress_args + self.extra_decode
         else:
-            cmd += ["--nbest-from", str(self.exp.rescore_dir(am, first["name"]))]
+            cmd += ["--nbest-from", str(self.exp.rescore_dir(am, first.name))]
         d.mkdir(parents=True, exist_ok=True)
-        run(cmd + [str(a) for a in lm.get("rescore_args", [])], d / "log.txt", self.console,
-            f"rescore {am} with LM {l['name']}")
+        run(cmd + [str(a) for a in lm.rescore_args], d / "log.txt", self.console,
+            f"rescore {am} with LM {l.name}")
 
     def lm_finished(self, l) -> bool:
-        return (self.exp.lm_dir(l["name"]) / "size.json").is_file() and (self.exp.lm_dir(l["name"]) / "ppl.json").is_file() \
-            and all((self.exp.rescore_dir(am, l["name"]) / "rescore.json").is_file() for am in self.cfg["lm"]["acoustic"])
+        return (self.exp.lm_dir(l.name) / "size.json").is_file() and (self.exp.lm_dir(l.name) / "ppl.json").is_file() \
+            and all((self.exp.rescore_dir(am, l.name) / "rescore.json").is_file() for am in self.cfg.lm.acoustic)
 
     def run_lm_part(self) -> List[Dict[str, Any]]:
         """Every LM system with its rescoring of every acoustic system, then the system table. Each LM is
         locked by the runner working on it (``lm/<name>/.lock``), so several runners can share the LM part;
         an LM's rescoring waits for the fp32 LM's n-best lists (left to a rerun when another runner is
         still making them)."""
-        lm = self.cfg["lm"]
-        waiting = [a for a in lm["acoustic"] if not self.exp.finished_named(a)]
+        lm = self.cfg.lm
+        waiting = [a for a in lm.acoustic if not self.exp.finished_named(a)]
         if waiting:
             self.console.line(f"LM rescoring waits for acoustic system(s) {', '.join(waiting)}: skipped here")
             return []
@@ -476,77 +346,77 @@ class Runner:
         for l in self.exp.lm_systems():  # the fp32 LM first: its rescoring runs make the n-best lists
             if self.lm_finished(l):
                 continue
-            lock = SystemLock(self.exp.lm_dir(l["name"]))
+            lock = SystemLock(self.exp.lm_dir(l.name))
             if not lock.acquire():
-                self.console.line(f"LM {l['name']} is being run by another runner: skipped here")
-                left.append(l["name"])
+                self.console.line(f"LM {l.name} is being run by another runner: skipped here")
+                left.append(l.name)
                 continue
             try:
-                self.console.line(f"LM {l['name']} ({l['kind']})")
+                self.console.line(f"LM {l.name} ({l.kind})")
                 self.run_lm(l)
-                lists_ready = all((self.exp.rescore_dir(am, first["name"]) / "rescore.json").is_file()
-                                  for am in lm["acoustic"])
+                lists_ready = all((self.exp.rescore_dir(am, first.name) / "rescore.json").is_file()
+                                  for am in lm.acoustic)
                 if l is first or lists_ready:
-                    for am in lm["acoustic"]:
+                    for am in lm.acoustic:
                         self.run_rescore(am, l)
                 else:
-                    self.console.line(f"LM {l['name']}: rescoring waits for the fp32 LM's n-best lists")
-                    left.append(l["name"])
+                    self.console.line(f"LM {l.name}: rescoring waits for the fp32 LM's n-best lists")
+                    left.append(l.name)
             finally:
                 lock.release()
         if left:
             self.console.line(f"LM systems not finished here: {', '.join(left)}; rerun to complete the system table")
             return []
-        rows = [self.report.system_row(am, l) for am in lm["acoustic"] for l in self.exp.lm_systems()]
+        rows = [self.report.system_row(am, l) for am in lm.acoustic for l in self.exp.lm_systems()]
         self.report.write_system_table(rows)
         return rows
 
     def table_only(self) -> List[Dict[str, Any]]:
         """Write the table from the systems already finished; run nothing."""
-        rows = [self.report.row(s) for s in self.cfg["systems"] if self.exp.finished(s)]
-        missing = [s["name"] for s in self.cfg["systems"] if not self.exp.finished(s)]
+        rows = [self.report.row(s) for s in self.cfg.systems if self.exp.finished(s)]
+        missing = [s.name for s in self.cfg.systems if not self.exp.finished(s)]
         if missing:
             log.info("not finished (left out of the table): %s", missing)
         if rows:
             self.report.write_table(rows)
-        if self.cfg.get("lm") is not None:
-            pairs = [(am, l) for am in self.cfg["lm"]["acoustic"] for l in self.exp.lm_systems()]
-            done = [(am, l) for am, l in pairs if (self.exp.rescore_dir(am, l["name"]) / "rescore.json").is_file()
-                    and (self.exp.lm_dir(l["name"]) / "size.json").is_file()]
+        if self.cfg.lm is not None:
+            pairs = [(am, l) for am in self.cfg.lm.acoustic for l in self.exp.lm_systems()]
+            done = [(am, l) for am, l in pairs if (self.exp.rescore_dir(am, l.name) / "rescore.json").is_file()
+                    and (self.exp.lm_dir(l.name) / "size.json").is_file()]
             ref_am, ref_lm = self.exp.lm_reference()
             if done and (self.exp.rescore_dir(ref_am, ref_lm) / "rescore.json").is_file():
                 self.report.write_system_table([self.report.system_row(am, l) for am, l in done])
         return rows
 
     def run_all(self, only: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-        systems = self.cfg["systems"]
-        order = sorted(systems, key=lambda s: s["kind"] != "fp32")  # fp32 first: others refer to it
+        systems = self.cfg.systems
+        order = sorted(systems, key=lambda s: s.kind != "fp32")  # fp32 first: others refer to it
         if only:
-            by_name = {s["name"]: s for s in systems}
+            by_name = {s.name: s for s in systems}
             unknown = [n for n in only if n not in by_name and n != "lm"]
             if unknown:
                 raise ValueError(f"--only: no system(s) {unknown} in the config")
             order = [by_name[n] for n in only if n != "lm"]
-        if not any(s["kind"] == "fp32" for s in systems):
+        if not any(s.kind == "fp32" for s in systems):
             raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
         rows, busy = [], []
-        todo = [s["name"] for s in order if not self.exp.finished(s)]
+        todo = [s.name for s in order if not self.exp.finished(s)]
         if todo:
             self.console.line(f"{len(todo)} of {len(order)} systems to run: {', '.join(todo)} (logs: {self.exp.out}/<system>/log.txt)")
         for s in order:
             if not self.exp.finished(s) and self.needs_fp32(s) and not self.exp.finished_named("fp32"):
-                self.console.line(f"{s['name']} waits for the fp32 baseline (not finished yet): skipped here")
-                busy.append(s["name"])
+                self.console.line(f"{s.name} waits for the fp32 baseline (not finished yet): skipped here")
+                busy.append(s.name)
                 continue
             if not self.exp.finished(s):
-                lock = SystemLock(self.exp.sys_dir(s["name"]))
+                lock = SystemLock(self.exp.sys_dir(s.name))
                 if not lock.acquire():
-                    self.console.line(f"{s['name']} is being run by another runner: skipped here")
-                    busy.append(s["name"])
+                    self.console.line(f"{s.name} is being run by another runner: skipped here")
+                    busy.append(s.name)
                     continue
                 try:
-                    log.info("=== system %s (%s)", s["name"], s["kind"])
-                    self.console.line(f"[{todo.index(s['name']) + 1}/{len(todo)}] {s['name']} ({s['kind']})")
+                    log.info("=== system %s (%s)", s.name, s.kind)
+                    self.console.line(f"[{todo.index(s.name) + 1}/{len(todo)}] {s.name} ({s.kind})")
                     t0 = time.time()
                     g = self.genotype(s)
                     self.retrain(s, g)
@@ -555,7 +425,7 @@ class Runner:
                     lock.release()
                 self.console.line(f"    => {self.report.result_line(self.report.row(s))} ({time.time() - t0:.0f} s)")
             else:  # a runner killed after the system's last stage, before releasing its lock, left it
-                lock = SystemLock(self.exp.sys_dir(s["name"]))
+                lock = SystemLock(self.exp.sys_dir(s.name))
                 if lock.path.is_file() and lock.stale():
                     lock.release()
             rows.append(self.report.row(s))
@@ -563,7 +433,7 @@ class Runner:
         if rows:  # once more with every row fresh: rows written early lacked the later reference's tests
             rows = [self.report.row(s) for s in order if self.exp.finished(s)]
             self.report.write_table(rows)
-        if self.cfg.get("lm") is not None and (not only or "lm" in only):
+        if self.cfg.lm is not None and (not only or "lm" in only):
             self.run_lm_part()
         if rows:  # the last lines: where the table, the plot and the TensorBoard logs are
             self.report.show_ending()
@@ -572,13 +442,13 @@ class Runner:
         return rows
 
     def needs_fp32(self, s) -> bool:
-        if s["kind"] in ("fp32", "onnx"):
+        if s.kind in ("fp32", "onnx"):
             return False
-        if s["kind"] in ("kl", "hessian") or s.get("budget_ratio") is not None:
+        if s.kind in ("kl", "hessian") or s.budget_ratio is not None:
             return True
-        if s["kind"] == "nas" and s["search_from_fp32"]:
+        if s.kind == "nas" and s.search_from_fp32:
             return True
-        return s["finetune_from_fp32"] or s["distill_from_fp32"]
+        return s.finetune_from_fp32 or s.distill_from_fp32
 
 
 
@@ -602,10 +472,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     cfg = load_config(args.config)
     if args.data_dir:
-        cfg["data_dir"] = args.data_dir
-    out = Path(args.out or cfg.get("out") or f"exp/{Path(args.config).stem}")
+        cfg.data_dir = args.data_dir
+    out = Path(args.out or cfg.out or f"exp/{Path(args.config).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(cfg, out, args.device or cfg.get("device", "cpu"), Console(quiet=args.quiet))
+    runner = Runner(cfg, out, args.device or cfg.device or "cpu", Console(quiet=args.quiet))
     if args.compare:
         runner.report.print_comparisons([tuple(p.split(":")) for p in args.compare.split(",") if p])
     elif args.table_only:

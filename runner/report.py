@@ -38,12 +38,12 @@ class Report:
         self.exp, self.console = exp, console
 
     def row(self, s) -> Dict[str, Any]:
-        d = self.exp.sys_dir(s["name"])
+        d = self.exp.sys_dir(s.name)
         size = json.load(open(d / "size.json"))
         geno = json.load(open(d / "genotype.json"))
         bits = [l["bits"] for l in geno["layers"]]
         dims = [l["bottleneck"] for l in geno["layers"] if l.get("bottleneck")]
-        r = {"system": s["name"], "kind": s["kind"], "group": s.get("group", s["kind"]), "bits": "/".join(str(b) for b in bits),
+        r = {"system": s.name, "kind": s.kind, "group": s.label, "bits": "/".join(str(b) for b in bits),
              "mean_bits": sum(bits) / len(bits), "bottlenecks": "/".join(str(x) for x in dims),
              "bytes": size["file_bytes"], "payload_bytes": size["payload_bytes"],
              "ratio": size["fp32_bytes"] / size["payload_bytes"]}
@@ -51,8 +51,8 @@ class Report:
             w = json.load(open(d / f"decode_{split}" / "wer.json"))
             r[f"wer_{split}"] = w["wer"]  # percent
             r[f"p_{split}"], r[f"p_boot_{split}"], r[f"delta_{split}"] = self.significance(
-                s["name"], split, s.get("reference"))
-        r["reference"] = s.get("reference", self.exp.reference)
+                s.name, split, s.reference)
+        r["reference"] = s.reference or self.exp.reference
         return r
 
     def significance(self, name: str, split: str, reference: Optional[str] = None):
@@ -72,17 +72,17 @@ class Report:
 
         The file ratio counts what the payload ratio leaves out: packing headers, scales' metadata and the
         LM's vocabulary (stored in each LM file, float or packed)."""
-        rep = json.load(open(self.exp.rescore_dir(am, l["name"]) / "rescore.json"))
+        rep = json.load(open(self.exp.rescore_dir(am, l.name) / "rescore.json"))
         am_size = json.load(open(self.exp.sys_dir(am) / "size.json"))
-        lm_size = json.load(open(self.exp.lm_dir(l["name"]) / "size.json"))
+        lm_size = json.load(open(self.exp.lm_dir(l.name) / "size.json"))
         am_fp32 = json.load(open(self.exp.sys_dir("fp32") / "size.json"))["fp32_bytes"]
-        fp32_lm = self.exp.lm_systems()[0]["name"]
+        fp32_lm = self.exp.lm_systems()[0].name
         lm_fp32 = json.load(open(self.exp.lm_dir(fp32_lm) / "size.json"))["bytes"]
         total = am_size["payload_bytes"] + lm_size["bytes"]
         fp32_files = (json.load(open(self.exp.sys_dir("fp32") / "size.json"))["file_bytes"]
                       + self.exp.lm_file(self.exp.lm_systems()[0]).stat().st_size)
         files = am_size["file_bytes"] + self.exp.lm_file(l).stat().st_size
-        r = {"am": am, "lm": l["name"], "lm_kind": l["kind"], "lm_bits_per_weight": lm_size["bits_per_weight"],
+        r = {"am": am, "lm": l.name, "lm_kind": l.kind, "lm_bits_per_weight": lm_size["bits_per_weight"],
              "am_bytes": am_size["payload_bytes"], "lm_bytes": lm_size["bytes"], "system_bytes": total,
              "am_ratio": am_fp32 / am_size["payload_bytes"], "lm_ratio": lm_fp32 / lm_size["bytes"],
              "system_ratio": (am_fp32 + lm_fp32) / total, "system_file_bytes": files,
@@ -94,11 +94,11 @@ class Report:
             r[f"wer_{split}"] = rep[split]["wer"]["rescored"]["wer"]
             r[f"oracle_{split}"] = rep[split]["wer"]["oracle"]["wer"]
             for key, (a, b) in (("", (ref_am, ref_lm)), ("lm_", (am, fp32_lm))):
-                if (am, l["name"]) == (a, b):
+                if (am, l.name) == (a, b):
                     r[f"p_{key}{split}"] = r[f"p_boot_{key}{split}"] = r[f"delta_{key}{split}"] = None
                     continue
                 r[f"p_{key}{split}"], r[f"p_boot_{key}{split}"], r[f"delta_{key}{split}"] = compare_dirs(
-                    self.exp.rescore_dir(am, l["name"]) / split / "rescored", self.exp.rescore_dir(a, b) / split / "rescored")
+                    self.exp.rescore_dir(am, l.name) / split / "rescored", self.exp.rescore_dir(a, b) / split / "rescored")
         return r
 
     def write_system_table(self, rows: List[Dict[str, Any]]) -> None:
@@ -109,7 +109,7 @@ class Report:
             w.writerows(rows)
         json.dump(rows, open(self.exp.out / "system_results.json", "w"), indent=1)
         ref_am, ref_lm = self.exp.lm_reference()
-        fp32_lm = self.exp.lm_systems()[0]["name"]
+        fp32_lm = self.exp.lm_systems()[0].name
         head = ["acoustic model", "LM", "LM bits/weight", "AM bytes", "LM bytes", "system bytes", "system ratio",
                 "system file bytes", "file ratio"]
         for sp in ("dev", "test"):
@@ -158,7 +158,7 @@ class Report:
         c.line(f"plot:  {self.exp.out / 'wer_vs_size.png'} (test WER against bytes on disk; dashed: the reference "
                f"{self.exp.reference}; hollow markers: not lossless, a significant increase (p < 0.05) on some set)")
         c.line(f"TensorBoard: tensorboard --logdir {self.exp.out}")
-        if any(s["kind"] == "nas" for s in self.exp.cfg["systems"]):
+        if any(s.kind == "nas" for s in self.exp.systems):
             c.line("    searched bit allocations (<system>/search/tb): images arch/bits_heatmap, arch/dims_heatmap "
                    "(probability of each choice per layer, the derived argmax outlined); scalars arch/argmax_mb, "
                    "arch/expected_mb, arch/target_mb, arch/entropy_mean, arch/bits/<layer>/<b>")
@@ -239,7 +239,7 @@ class Report:
     def print_comparisons(self, pairs) -> None:
         """A Markdown table of ``(a, b)`` pairs of finished systems: WER change a - b and both p-values per
         evaluated set."""
-        names = {s["name"] for s in self.exp.cfg["systems"] if self.exp.finished(s)}
+        names = {s.name for s in self.exp.systems if self.exp.finished(s)}
         bad = [p for p in pairs if len(p) != 2 or not set(p) <= names]
         if bad:
             raise ValueError(f"--compare: pairs must be A:B of finished systems ({sorted(names)}); got {bad}")

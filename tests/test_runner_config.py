@@ -27,10 +27,10 @@ def test_genotype_from_copies_the_genotype(tmp_path):
                                           {"name": "kl_e3", "kind": "kl", "budget_ratio": 8, "genotype_from": "kl"}]))
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
     with pytest.raises(RuntimeError, match="genotype_from 'kl' has no genotype yet"):
-        runner.genotype(cfg["systems"][2])
+        runner.genotype(cfg.systems[2])
     (tmp_path / "exp" / "kl").mkdir(parents=True)
     (tmp_path / "exp" / "kl" / "genotype_in.json").write_text('{"version": 1}')
-    g = runner.genotype(cfg["systems"][2])
+    g = runner.genotype(cfg.systems[2])
     assert g == tmp_path / "exp" / "kl_e3" / "genotype_in.json" and g.read_text() == '{"version": 1}'
 
 
@@ -66,7 +66,7 @@ def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path,
             (out / "genotype.json").write_text("{}")
 
     monkeypatch.setattr(rx, "run", fake_run)
-    for s in cfg["systems"]:
+    for s in cfg.systems:
         runner.retrain(s, runner.genotype(s))
     teacher = str(runner.exp.fp32_model())
 
@@ -106,10 +106,10 @@ def test_real_speech_set_is_decoded_tabled_and_counts_for_lossless(tmp_path):
         (d / f"decode_{sp}").mkdir(parents=True)
         (d / f"decode_{sp}" / "wer.json").write_text("{}")
     (d / "size.json").write_text("{}")
-    assert not runner.exp.finished(cfg["systems"][1])
+    assert not runner.exp.finished(cfg.systems[1])
     (d / "decode_real").mkdir()
     (d / "decode_real" / "wer.json").write_text("{}")
-    assert runner.exp.finished(cfg["systems"][1])
+    assert runner.exp.finished(cfg.systems[1])
 
 
 def test_onnx_system_needs_an_earlier_source_system(tmp_path):
@@ -122,7 +122,7 @@ def test_onnx_system_needs_an_earlier_source_system(tmp_path):
     cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4},
                                           {"name": "u4_onnx", "kind": "onnx", "onnx_from": "u4"}]))
     runner = rx.Runner(cfg, tmp_path / "exp", "cuda")
-    s = cfg["systems"][2]
+    s = cfg.systems[2]
     assert runner.genotype(s) is None and not runner.needs_fp32(s)
     with pytest.raises(RuntimeError, match="onnx_from 'u4' has no model yet"):
         runner.retrain(s, None)
@@ -131,7 +131,7 @@ def test_onnx_system_needs_an_earlier_source_system(tmp_path):
 def test_compare_prints_pairwise_tests_of_finished_systems(tmp_path, capsys):
     cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "a", "kind": "fp32"},
                                           {"name": "b", "kind": "fp32"}]))
-    cfg["splits"] = ["dev"]
+    cfg.splits = ["dev"]
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
     refs = ["A B C D", "E F G H", "I J"]
     for name, h in {"fp32": refs, "a": ["A B C X", "E F G H", "I J"], "b": ["A B C D", "E F G H", "I X"]}.items():
@@ -255,16 +255,26 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
 
 
 def test_inherited_switches_are_resolved_once_and_checked(tmp_path):
-    cfg = {"data_dir": "d", "distill_from_fp32": True,
-           "systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4},
-                       {"name": "u4_nokd", "kind": "uniform", "bits": 4, "distill_from_fp32": False}]}
-    rx.resolve_system_defaults(cfg)
-    s = {x["name"]: x for x in cfg["systems"]}
-    assert s["u4"]["distill_from_fp32"] is True and s["u4_nokd"]["distill_from_fp32"] is False
-    assert s["u4"]["finetune_from_fp32"] is True and s["u4"]["search_bottleneck"] is True
-    assert rx.resolve_system_defaults(cfg) == cfg  # idempotent
+    cfg = rx.ExperimentConfig.from_dict(
+        {"data_dir": "d", "distill_from_fp32": True,
+         "systems": [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4},
+                     {"name": "u4_nokd", "kind": "uniform", "bits": 4, "distill_from_fp32": False}]})
+    s = {x.name: x for x in cfg.systems}
+    assert s["u4"].distill_from_fp32 is True and s["u4_nokd"].distill_from_fp32 is False
+    assert s["u4"].finetune_from_fp32 is True and s["u4"].search_bottleneck is True
     p = tmp_path / "c.yaml"
     p.write_text("data_dir: d\nsystems:\n  - {name: fp32, kind: fp32}\n"
                  "  - {name: u4, kind: uniform, bits: 4, finetune_from_fp32: 'no'}\n")
     with pytest.raises(ValueError, match=r"c.yaml: system u4: finetune_from_fp32 must be true or false"):
         rx.load_config(p)
+
+
+@pytest.mark.parametrize("system,message", [
+    ({"name": "u", "kind": "uniform"}, r"system u \(uniform\) needs bits"),
+    ({"name": "u", "kind": "uniform", "bits": "4"}, r"system u: bits must be an integer, got '4'"),
+    ({"name": "u", "kind": "uniform", "bits": 4, "retrain_args": "--epochs 3"}, r"retrain_args must be a list"),
+    ({"name": "k", "kind": "kl", "budget_ratio": 0.5}, r"budget_ratio must be a finite number >= 1"),
+])
+def test_system_values_are_typed(tmp_path, system, message):
+    with pytest.raises(ValueError, match=message):
+        rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, system]))
