@@ -30,7 +30,7 @@ import torch
 
 from models.bottleneck_order import order_bottlenecks_
 from models.layout import copy_weights_to_bottlenecks
-from models.quantizers import SCALE_MODES, fake_quant
+from models.quantizers import QUANTIZED_BITS, SCALE_MODES, fake_quant
 from models.tdnnf import TDNNF
 from search_spaces.genotype import Genotype
 from search_spaces.space import load_search_space
@@ -48,7 +48,7 @@ def quant_error(args) -> dict:
     model = load_model_file(args.model)
     space = load_search_space(args.space, num_pdfs=model.cfg.num_pdfs)
     params = model.weight_params(include_xent=False)
-    bits_list = [1, 2, 4, 8]
+    bits_list = list(QUANTIZED_BITS)
     out = {"model": str(args.model), "bits": bits_list, "per_layer": {}, "total": {}}
     for mode in SCALE_MODES:
         num = {b: 0.0 for b in bits_list}
