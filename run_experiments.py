@@ -24,7 +24,8 @@ and then quantized the same way), ``acoustic`` (systems above whose n-best lists
 with every LM: the fp32 LM's rescore.py run decodes, the others rescore the same lists), ``reference``
 (``[acoustic system, LM]``, default the first of each) and ``rescore_args``. Outputs: ``lm/<name>/``,
 ``<system>/rescore_<lm>/`` and ``system_results.{md,csv,json}``: AM, LM and system bytes, the system
-compression ratio ((fp32 AM + fp32 LM) / (AM + LM), cost-model payloads), first-pass and rescored WER,
+compression ratio ((fp32 AM + fp32 LM) / (AM + LM), on cost-model payloads and on files on disk), first-pass
+and rescored WER,
 and the significance of each rescored WER against the reference pair and against the same acoustic
 model with the fp32 LM. ``--only lm`` runs just this part.
 """
