@@ -25,8 +25,7 @@ with every LM: the fp32 LM's rescore.py run decodes, the others rescore the same
 (``[acoustic system, LM]``, default the first of each) and ``rescore_args``. Outputs: ``lm/<name>/``,
 ``<system>/rescore_<lm>/`` and ``system_results.{md,csv,json}``: AM, LM and system bytes, the system
 compression ratio ((fp32 AM + fp32 LM) / (AM + LM), on cost-model payloads and on files on disk), first-pass
-and rescored WER,
-and the significance of each rescored WER against the reference pair and against the same acoustic
+and rescored WER, and the significance of each rescored WER against the reference pair and against the same acoustic
 model with the fp32 LM. ``--only lm`` runs just this part.
 """
 from __future__ import annotations
