@@ -116,7 +116,6 @@ class Runner:
         # stages draw their progress bars only when the console forwards them to a terminal
         self.progress_args = [] if self.console.live else ["--no-progress"]
         self.data_dir = self.cfg.data_dir
-        self.space = self.cfg.space
         self.retrain_config = self.cfg.retrain_config
         self.search_config = self.cfg.search_config
         self.extra_retrain = [str(a) for a in self.cfg.retrain_args]
@@ -147,9 +146,9 @@ class Runner:
             return g
         if s.kind in ("kl", "hessian"):
             cmd = [PY, "mixed_precision.py", "--model", str(self.exp.fp32_model()), "--data-dir", self.data_dir,
-                   "--space", self.space, "--budget-bytes", str(self.budget_bytes(s)), "--out", str(g),
+                   "--space", s.space, "--budget-bytes", str(self.budget_bytes(s)), "--out", str(g),
                    "--device", self.device]
-            reuse = self.measured_sensitivity(s.kind)
+            reuse = self.measured_sensitivity(s)
             if reuse is not None:  # same fp32 model, same measure: only the allocation differs
                 cmd += ["--sensitivity-in", str(reuse)]
             else:
@@ -160,7 +159,7 @@ class Runner:
                 f"{s.kind} sensitivity and allocation")
         else:
             sd = d / "search"
-            cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(sd),
+            cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", s.space, "--out", str(sd),
                    "--budget-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
             if self.search_config:
                 cmd += ["--config", self.search_config]
@@ -178,10 +177,11 @@ class Runner:
             tmp.replace(g)
         return g
 
-    def measured_sensitivity(self, kind: str) -> Optional[Path]:
-        """A sensitivity JSON already measured for ``kind`` by another system of this experiment."""
+    def measured_sensitivity(self, s) -> Optional[Path]:
+        """A sensitivity JSON already measured by another system of this experiment with ``s``'s kind and
+        search space (the space's widths are the ones measured)."""
         for o in self.cfg.systems:
-            if o.kind == kind:
+            if o.kind == s.kind and o.space == s.space:
                 f = self.exp.sys_dir(o.name) / "genotype_in.sensitivity.json"
                 if f.is_file():
                     return f
@@ -194,7 +194,7 @@ class Runner:
         if s.kind == "onnx":
             self.export_onnx(s)
             return
-        cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", self.space, "--out", str(d),
+        cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", s.space, "--out", str(d),
                "--device", self.device] + self.progress_args
         rc = self.retrain_config
         if s.kind != "fp32" and self.cfg.finetune_config:

@@ -12,7 +12,7 @@ Every weight matrix is its own module with a stable name (``blocks.{i}.attn.{q,k
 quantized at its own bit-width and the feed-forward width ``d_ff`` can be searched per block.
 
 Per-matrix bits: ``config.weight_bits`` maps matrix names (:func:`matrix_names`, the state-dict keys of
-the weight matrices: ``tok_emb.weight``, ``blocks.0.attn.q_proj.weight``, ...) to ``{1, 2, 4, 8, 32}``;
+the weight matrices: ``tok_emb.weight``, ``blocks.0.attn.q_proj.weight``, ...) to ``{1, 2, 3, 4, 8, 32}``;
 missing names are 32 (float). A matrix below 32 bits is used as
 ``models.quantizers.fake_quant(W, bits, config.quant_per_channel, config.quant_scale)`` (per output row,
 STE gradient), the quantizer of the acoustic model. A tied ``lm_head`` is ``tok_emb.weight`` and shares

@@ -6,11 +6,11 @@ built on them (cost model, packed format, ADMM) is in ``quant``, one layer up (d
 
 Conventions (shared by fake_quant, quantize_to_codes / dequantize, the packer and the cost model):
 
-* ``bits`` is one of ``{1, 2, 4, 8, 32}``; 32 means "float, not quantized".
+* ``bits`` is one of ``{1, 2, 3, 4, 8, 32}``; 32 means "float, not quantized".
 * The *channel* axis is dim 0 (the output rows of a weight matrix, Kaldi layout ``(out, in * offsets)``).
   ``per_channel=False`` uses one scale for the whole tensor.
 * b >= 2 bits: integer codes ``q`` in ``[-qmax, qmax]`` with ``qmax = 2**(b-1) - 1`` (narrow symmetric range:
-  2 bits = ternary {-1, 0, 1}, 4 bits = -7..7, 8 bits = -127..127); value = ``q * s``.
+  2 bits = ternary {-1, 0, 1}, 3 bits = -3..3, 4 bits = -7..7, 8 bits = -127..127); value = ``q * s``.
   ``s = clip / qmax`` where ``clip = max|W|`` (``scale='maxabs'``) or the clipping value that minimises the
   per-channel squared error over a grid of clipping ratios (``scale='mse'``).
 * 1 bit: ``q = sign(W)`` in {-1, +1} (sign(0) := +1), ``s = mean|W|`` per channel (the MSE-optimal scale
@@ -26,7 +26,7 @@ from typing import Tuple
 
 import torch
 
-SUPPORTED_BITS = (1, 2, 4, 8, 32)
+SUPPORTED_BITS = (1, 2, 3, 4, 8, 32)
 QUANTIZED_BITS = tuple(b for b in SUPPORTED_BITS if b != 32)  # the widths that have integer codes
 SCALE_MODES = ("maxabs", "mse")
 MSE_CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(15))  # 1.00, 0.95, ..., 0.30

@@ -34,7 +34,7 @@ running statistics it accumulates) use only the frames whose time lies inside th
 (``bn_mask_padding: true``, default; ``false`` = plain BatchNorm over every evaluated frame). In eval mode
 the running statistics are used and the mask plays no part.
 
-Per-weight bits: ``config.weight_bits`` maps weight names (see :func:`models.layout.weight_names`) to ``{1,2,4,8,32}``;
+Per-weight bits: ``config.weight_bits`` maps weight names (see :func:`models.layout.weight_names`) to ``{1,2,3,4,8,32}``;
 missing names are 32 (float). When ``bits < 32`` the forward uses
 ``models.quantizers.fake_quant(w, bits, config.quant_per_channel, config.quant_scale)`` (STE gradient); the
 latent float weight is what the optimizer and the semi-orthogonal step update. ``model.quant_enabled = False``

@@ -1,6 +1,6 @@
 """Architecture parameters: one logit vector per searchable layer and choice type.
 
-Each searchable layer has a bit-width choice (e.g. ``(1, 2, 4, 8, 32)``) and a bottleneck choice
+Each searchable layer has a bit-width choice (e.g. ``(1, 2, 3, 4, 8)``) and a bottleneck choice
 (e.g. ``(64, 96, 128, 160)``); a choice type with a single option is fixed (its weight is always
 ``[1.0]``). The logits live in an :class:`ArchParams` module of their own, so that the network's weights
 and the architecture are optimised separately (``SuperNet.weight_parameters()`` vs

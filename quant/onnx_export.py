@@ -21,7 +21,8 @@ Weights. Each matrix goes out at its genotype's bit-width (``metadata["weights"]
   ``u = q + qmax`` with zero point ``qmax`` and the row's float16 scale (as float32) repeated for every
   block of the row. 1-bit weights (``q = +-1``) use the 2-bit kernel with ``u = q + 1`` in {0, 2} and zero
   point 1, which is exact; they take 2 bits per weight in the ONNX file (the documented fallback: the
-  runtime has no 1-bit kernel). The block size (a power of two, 16 ... 256, the operator's range) is the
+  runtime has no 1-bit kernel). 3-bit weights use the 4-bit kernel the same way (``u = q + 3`` in 0..6, zero
+  point 3: exact, 4 bits per weight in the file). The block size (a power of two, 16 ... 256, the operator's range) is the
   one that makes the row's codes, scales and zero points smallest; the last block's padding codes equal
   the zero point, so they dequantize to 0.
 * 32 bits: a float32 ``MatMul``.
@@ -64,8 +65,9 @@ class OnnxExportError(ValueError):
 
 
 def kernel_bits(bits: int) -> int:
-    """MatMulNBits' bit-width for a weight of ``bits`` (1-bit codes ride on the 2-bit kernel)."""
-    return 2 if bits == 1 else bits
+    """MatMulNBits' bit-width for a weight of ``bits``: one that divides 8 (1-bit codes ride on the 2-bit
+    kernel, 3-bit codes on the 4-bit one)."""
+    return {1: 2, 3: 4}.get(bits, bits)
 
 
 def choose_block_size(k: int, bits: int) -> int:

@@ -8,8 +8,10 @@ carries the architecture, so one file is the whole model.
 Contents (names from ``models.layout.tensor_layout``):
 
 * weight ``W`` at b < 32 bits: ``W.codes`` uint8 1-D, the integer codes of the whole tensor row-major,
-  offset to unsigned (``u = q + qmax``; 1 bit: ``u = (q + 1) / 2``) and packed ``8 / b`` a byte, code i of a
-  byte in bits ``[i*b, (i+1)*b)`` (little-end first), zero-padded at the end; ``W.scales`` float16,
+  offset to unsigned (``u = q + qmax``; 1 bit: ``u = (q + 1) / 2``) and written as one little-endian bit
+  stream: code i in bits ``[i*b, (i+1)*b)`` of the stream, stream bit k in bit ``k % 8`` of byte ``k // 8``
+  (for b = 1, 2, 4, 8: ``8 / b`` codes a byte, code i of a byte in bits ``[i*b, (i+1)*b)``; 3 bits cross
+  byte boundaries), zero-padded to ``ceil(n*b/8)`` bytes; ``W.scales`` float16,
   one per output row (or one per tensor).
 * weight at 32 bits: ``W`` float32. Biases and BN running mean/var: float32.
 * metadata: ``format`` = ``green-asr-tdnnf-packed``, ``format_version`` = ``1``, ``config`` = the
@@ -63,10 +65,13 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         if q.numel() and bool((q.abs() > qmax).any()):
             raise ValueError(f"codes outside [-{qmax}, {qmax}] for {bits}-bit packing")
         u = q + qmax
-    per = 8 // bits
     n = u.numel()
     nbytes = (n * bits + 7) // 8
-    u = torch.cat([u, u.new_zeros(nbytes * per - n)]).reshape(nbytes, per)
+    if 8 % bits:  # codes cross byte boundaries: write them as one little-endian bit stream
+        stream = ((u[:, None] >> torch.arange(bits, dtype=torch.int32, device=u.device)) & 1).reshape(-1)
+        u, bits = torch.cat([stream, stream.new_zeros(nbytes * 8 - n * bits)]), 1
+    per = 8 // bits
+    u = torch.cat([u, u.new_zeros(nbytes * per - u.numel())]).reshape(nbytes, per)
     shifts = torch.arange(per, dtype=torch.int32, device=u.device) * bits
     return (u << shifts).sum(dim=1).to(torch.uint8)
 
@@ -81,12 +86,14 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     nbytes = (numel * bits + 7) // 8
     if packed.numel() != nbytes:
         raise ValueError(f"{packed.numel()} bytes of {bits}-bit codes for {numel} values (expected {nbytes})")
-    per = 8 // bits
-    shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
-    u = ((packed.to(torch.int32)[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)
-    if bool((u[numel:] != 0).any()):
+    width = 1 if 8 % bits else bits  # codes that cross byte boundaries are read as a bit stream
+    shifts = torch.arange(8 // width, dtype=torch.int32, device=packed.device) * width
+    u = ((packed.to(torch.int32)[:, None] >> shifts) & ((1 << width) - 1)).reshape(-1)
+    if bool((u[numel * bits // width:] != 0).any()):
         raise ValueError("non-zero padding after the last code")
-    u = u[:numel]
+    u = u[:numel * bits // width]
+    if width != bits:
+        u = (u.reshape(numel, bits) << torch.arange(bits, dtype=torch.int32, device=u.device)).sum(dim=1)
     if bits == 1:
         return (u * 2 - 1).to(torch.int8)
     qmax = qmax_for(bits)

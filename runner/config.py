@@ -89,6 +89,7 @@ class SystemSpec:
     reference: Optional[str] = None              # the system its WER changes are tested against
     onnx_from: Optional[str] = None
     onnx_args: List[Any] = field(default_factory=list)
+    space: Optional[str] = None                  # None: the experiment's (same network, other choices)
 
     @property
     def label(self) -> str:
@@ -183,7 +184,7 @@ class ExperimentConfig:
             if s.kind == "onnx" and s.onnx_from not in names:
                 raise ValueError(f"{path}: system {s.name} (onnx) needs onnx_from naming a system listed before it")
             names.add(s.name)
-            for k in ("search_from_fp32", "finetune_from_fp32", "distill_from_fp32"):
+            for k in ("search_from_fp32", "finetune_from_fp32", "distill_from_fp32", "space"):
                 if getattr(s, k) is None:
                     setattr(s, k, getattr(cfg, k))
         if cfg.real_speech is not None and "real" in cfg.splits:

@@ -5,6 +5,8 @@ File format::
     name: tdnnf_demo                 # the genotype's "search_space"
     description: free text           # optional
     network: {...}                   # models.config.TDNNFConfig fields (base network; num_pdfs may be null)
+    extends: tdnnf_demo              # instead of network: another space's network (name or path), the
+                                     # same network with other choices (its choices when this file has none)
     choices:
       default: {bits: [1, 2, 4, 8, 32], bottleneck: [32, 48, 64]}
       layers:                        # optional per-layer overrides (layer names: models.layout.layer_groups)
@@ -12,7 +14,7 @@ File format::
         tdnnf3: {bottleneck: [48, 64]}
 
 Layers: ``tdnn1``, ``tdnnf1..N`` (bits shared by both factors + a bottleneck choice), ``prefinal``,
-``output`` (bits only). Bit choices are a non-empty subset of {1, 2, 4, 8, 32} (a genotype may put any layer at
+``output`` (bits only). Bit choices are a non-empty subset of {1, 2, 3, 4, 8, 32} (a genotype may put any layer at
 32, float, whatever its choices: the fp32 reference); bottleneck choices are
 strictly ascending positive ints <= the layer's hidden dim. A TDNN-F layer without bottleneck choices
 keeps the network's ``bottleneck_dims`` entry as its only choice. The base network's bottleneck dims become
@@ -119,12 +121,24 @@ def _check_dims(v, where: str, max_dim: int) -> Tuple[int, ...]:
 def search_space_from_dict(d: dict, num_pdfs: Optional[int] = None, path: Optional[str] = None) -> SearchSpace:
     if not isinstance(d, dict):
         raise SearchSpaceError("search space must be a mapping")
-    unknown = sorted(set(d) - {"name", "description", "network", "choices"})
+    unknown = sorted(set(d) - {"name", "description", "network", "choices", "extends"})
     if unknown:
         raise SearchSpaceError(f"unknown top-level field(s): {unknown}")
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise SearchSpaceError("name must be a non-empty string")
+    if "extends" in d:
+        if "network" in d:
+            raise SearchSpaceError("extends: the network comes from the extended space; give one of extends, network")
+        base = d["extends"]
+        if not isinstance(base, str) or not base:
+            raise SearchSpaceError("extends must be a space name or path")
+        base_dict, _ = _read_space(base, relative_to=path)
+        if "extends" in base_dict:
+            raise SearchSpaceError(f"extends: {base!r} extends another space itself (one level only)")
+        d = {**d, "network": base_dict.get("network")}
+        if "choices" not in d and "choices" in base_dict:
+            d["choices"] = base_dict["choices"]
     if "network" not in d:
         raise SearchSpaceError("network: missing")
     try:
@@ -181,20 +195,28 @@ def search_space_from_dict(d: dict, num_pdfs: Optional[int] = None, path: Option
     return SearchSpace(name, net, layers, desc if isinstance(desc, str) else str(desc), path)
 
 
-def load_search_space(path_or_name: str, num_pdfs: Optional[int] = None) -> SearchSpace:
-    """Load a YAML space by path, or by name from this package (``tdnnf_demo``, ``tdnnf_swbd``)."""
+def _read_space(path_or_name: str, relative_to: Optional[str] = None) -> Tuple[dict, str]:
+    """The YAML mapping of a space given by path, or by name from this package (or from ``relative_to``'s
+    directory), and the path it was read from."""
     import yaml
 
     path = path_or_name
     if not os.path.exists(path):
-        cand = os.path.join(SPACES_DIR, path_or_name + ("" if path_or_name.endswith(".yaml") else ".yaml"))
-        if os.path.exists(cand):
-            path = cand
-        else:
+        stem = path_or_name + ("" if path_or_name.endswith(".yaml") else ".yaml")
+        dirs = ([os.path.dirname(relative_to)] if relative_to else []) + [SPACES_DIR]
+        found = [os.path.join(x, stem) for x in dirs if os.path.exists(os.path.join(x, stem))]
+        if not found:
             raise SearchSpaceError(f"search space {path_or_name!r}: no such file (or name under {SPACES_DIR})")
+        path = found[0]
     try:
         with open(path) as fh:
             d = yaml.safe_load(fh)
     except yaml.YAMLError as e:
         raise SearchSpaceError(f"{path}: invalid YAML: {e}") from None
+    return d, path
+
+
+def load_search_space(path_or_name: str, num_pdfs: Optional[int] = None) -> SearchSpace:
+    """Load a YAML space by path, or by name from this package (``tdnnf_demo``, ``tdnnf_swbd``)."""
+    d, path = _read_space(path_or_name)
     return search_space_from_dict(d, num_pdfs=num_pdfs, path=path)

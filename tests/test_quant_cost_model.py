@@ -4,6 +4,8 @@ import random
 
 import pytest
 
+from tests.conftest import INVALID_BITS
+
 from models.layout import tensor_layout
 from quant.cost_model import code_bytes, count_parameters, layer_bytes, model_size, weight_bytes
 from search_spaces.genotype import Genotype
@@ -15,8 +17,9 @@ def test_weight_bytes_formula():
     assert weight_bytes((3, 5), 4) == math.ceil(15 * 4 / 8) + 3 * 2
     assert weight_bytes((3, 5), 4, per_channel=False) == 8 + 2
     assert weight_bytes((3, 5), 32) == 60
+    assert code_bytes(10, 3) == 4 and weight_bytes((3, 5), 3) == math.ceil(15 * 3 / 8) + 3 * 2
     with pytest.raises(ValueError):
-        weight_bytes((3, 5), 3)
+        weight_bytes((3, 5), INVALID_BITS)
 
 
 def test_table_sums_to_model_size():

@@ -50,11 +50,22 @@ def test_pack_unpack_exact(bits, n):
     assert torch.equal(unpack_codes(packed, bits, n), codes.to(torch.int8))
 
 
+def test_pack_three_bits_hand_computed():
+    # u = q + 3 = 0, 6, 3 -> stream bits (little end first) 000 011 110 -> bytes 0b11110000, 0b00000000
+    packed = pack_codes(torch.tensor([-3, 3, 0], dtype=torch.int8), 3)
+    assert packed.tolist() == [0xF0, 0x00]
+    assert unpack_codes(packed, 3, 3).tolist() == [-3, 3, 0]
+
+
 def test_pack_errors():
     with pytest.raises(ValueError, match="codes outside"):
         pack_codes(torch.tensor([2], dtype=torch.int8), 2)
     with pytest.raises(ValueError, match="bit-width"):
-        pack_codes(torch.tensor([1], dtype=torch.int8), 3)
+        pack_codes(torch.tensor([1], dtype=torch.int8), INVALID_BITS)
+    with pytest.raises(ValueError, match="invalid 3-bit code"):
+        unpack_codes(torch.tensor([0x07], dtype=torch.uint8), 3, 2)  # code 7 > 6
+    with pytest.raises(ValueError, match="padding"):
+        unpack_codes(torch.tensor([0x00, 0x80], dtype=torch.uint8), 3, 5)  # bit 15 is after 5 codes
     with pytest.raises(ValueError, match="expected"):
         unpack_codes(torch.zeros(3, dtype=torch.uint8), 4, 8)
     with pytest.raises(ValueError, match="invalid 4-bit code"):

@@ -1,5 +1,6 @@
 """Quantizers: levels, STE, codes/dequantize consistency, errors."""
 import pytest
+from tests.conftest import INVALID_BITS
 import torch
 
 from quant.quantizers import (QUANTIZED_BITS, SUPPORTED_BITS, check_bits, compute_scales, dequantize, fake_quant, num_levels,
@@ -79,7 +80,7 @@ def test_ste_gradient_identity_inside_range(bits):
 def test_bits_32_is_identity_and_bad_bits_raise():
     w = torch.randn(3, 4)
     assert fake_quant(w, 32) is w
-    for bad in (0, 3, 5, 16, 33, 4.0, True, "4"):
+    for bad in (0, INVALID_BITS, 6, 16, 33, 4.0, True, "4"):
         with pytest.raises(ValueError, match="bit-width"):
             fake_quant(w, bad)
         with pytest.raises(ValueError):
@@ -88,7 +89,7 @@ def test_bits_32_is_identity_and_bad_bits_raise():
         fake_quant(w, 4, scale="minmax")
     with pytest.raises(ValueError):
         quantize_to_codes(w, 32)
-    assert check_bits(8) == 8 and SUPPORTED_BITS == (1, 2, 4, 8, 32)
+    assert check_bits(8) == 8 and SUPPORTED_BITS == (1, 2, 3, 4, 8, 32)
 
 
 def test_zero_and_tiny_rows():

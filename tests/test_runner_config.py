@@ -254,6 +254,42 @@ def test_lm_part_runs_train_quantize_rescore_and_writes_the_system_table(tmp_pat
     assert len(cmds) == n
 
 
+def test_a_system_may_use_another_space_and_sensitivities_are_reused_only_within_one(tmp_path, monkeypatch):
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                          {"name": "kl8", "kind": "kl", "budget_ratio": 8},
+                                          {"name": "kl8_b3", "kind": "kl", "budget_ratio": 8, "space": "tdnnf_demo_b3"},
+                                          {"name": "kl12_b3", "kind": "kl", "budget_ratio": 12, "space": "tdnnf_demo_b3"},
+                                          {"name": "u3", "kind": "uniform", "bits": 3, "space": "tdnnf_demo_b3"}]))
+    assert [s.space for s in cfg.systems] == ["tdnnf_demo"] * 2 + ["tdnnf_demo_b3"] * 3
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    (runner.exp.sys_dir("fp32")).mkdir(parents=True)
+    (runner.exp.sys_dir("fp32") / "size.json").write_text(json.dumps({"fp32_bytes": 1200}))
+    (runner.exp.sys_dir("kl8")).mkdir(parents=True)
+    (runner.exp.sys_dir("kl8") / "genotype_in.sensitivity.json").write_text("{}")
+    cmds = {}
+
+    def fake_run(cmd, log_file, *args):
+        cmds[log_file.parent.name + ":" + Path(cmd[1]).name] = cmd
+        if Path(cmd[1]).name == "mixed_precision.py":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("{}")
+            out.with_suffix(".sensitivity.json").write_text("{}")
+
+    monkeypatch.setattr(rx, "run", fake_run)
+    for s in cfg.systems[2:]:
+        runner.retrain(s, runner.genotype(s))
+
+    def arg(key, flag):
+        c = cmds[key]
+        return c[c.index(flag) + 1] if flag in c else None
+
+    assert arg("kl8_b3:mixed_precision.py", "--space") == "tdnnf_demo_b3"
+    assert arg("kl8_b3:mixed_precision.py", "--sensitivity-in") is None  # kl8 measured other widths
+    assert arg("kl12_b3:mixed_precision.py", "--sensitivity-in").endswith("kl8_b3/genotype_in.sensitivity.json")
+    assert arg("u3:retrain.py", "--space") == "tdnnf_demo_b3" and arg("u3:retrain.py", "--uniform-bits") == "3"
+
+
 def test_inherited_switches_are_resolved_once_and_checked(tmp_path):
     cfg = rx.ExperimentConfig.from_dict(
         {"data_dir": "d", "distill_from_fp32": True,

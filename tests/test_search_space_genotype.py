@@ -30,6 +30,23 @@ def test_load_shipped_spaces():
         load_search_space("nope")
 
 
+def test_extends_takes_the_network_of_another_space(tmp_path):
+    demo, b3 = load_search_space("tdnnf_demo", num_pdfs=84), load_search_space("tdnnf_demo_b3", num_pdfs=84)
+    assert b3.name == "tdnnf_demo_b3" and b3.network == demo.network
+    assert all(lay.bits == (1, 2, 3, 4, 8) and lay.bottlenecks == demo.layer(lay.name).bottlenecks
+               for lay in b3.layers)
+    (tmp_path / "same.yaml").write_text("name: same\nextends: tdnnf_demo\n")  # no choices: the base's
+    same = load_search_space(str(tmp_path / "same.yaml"), num_pdfs=84)
+    assert same.network == demo.network and same.layers == demo.layers
+    (tmp_path / "b8.yaml").write_text("name: b8\nextends: same\nchoices: {default: {bits: [8]}}\n")
+    with pytest.raises(SearchSpaceError, match="extends another space itself"):
+        load_search_space(str(tmp_path / "b8.yaml"))  # found next to the file, refused: one level only
+    with pytest.raises(SearchSpaceError, match="give one of extends, network"):
+        search_space_from_dict({"name": "x", "extends": "tdnnf_demo", "network": {}})
+    with pytest.raises(SearchSpaceError, match="no such file"):
+        search_space_from_dict({"name": "x", "extends": "nope"})
+
+
 @pytest.mark.parametrize("mutate,field", [
     (lambda d: d["choices"]["default"].__setitem__("bits", [INVALID_BITS, 4]), "choices.default.bits"),
     (lambda d: d["choices"]["default"].__setitem__("bits", []), "choices.default.bits"),
