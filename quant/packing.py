@@ -254,13 +254,14 @@ def unpack_tensors(path: str, layout: Sequence[TensorInfo], bits_of: Callable[[s
     return out
 
 
-def checked_metadata(path: str, fmt: str, version: str) -> Dict[str, str]:
+def checked_metadata(path: str, fmt: str, version) -> Dict[str, str]:
     """The string metadata of the packed file ``path`` after the header checks of :func:`read_header`,
-    refused unless its ``format`` is ``fmt`` and its ``format_version`` is ``version``."""
+    refused unless its ``format`` is ``fmt`` and its ``format_version`` is ``version`` (a string, or a
+    tuple of the versions the caller reads)."""
     meta = read_header(path).get("__metadata__") or {}
     if meta.get("format") != fmt:
         raise PackedModelError(f"{path}: not a {fmt} file (format={meta.get('format')!r})")
-    if meta.get("format_version") != version:
+    if meta.get("format_version") not in ((version,) if isinstance(version, str) else tuple(version)):
         raise PackedModelError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
     return meta
 

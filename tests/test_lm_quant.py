@@ -3,6 +3,7 @@ the packed file (pack -> load exact), sensitivities against direct computations,
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -12,14 +13,14 @@ from torch.nn import functional as F
 from lm.mixed_precision import (allocate_lm_bits, average_bits, heldout_batches, lm_hessian_sensitivity,
                                 lm_kl_sensitivity, matrix_specs, uniform_bits)
 from lm.model import TransformerLM, TransformerLMConfig, matrix_names
-from lm.quant import (export_packed_lm, fixed_bytes, header_bytes, is_packed_lm, lm_fp32_bytes, lm_layout, lm_size,
-                      load_packed_lm, matrix_bytes)
+from lm.quant import (decode_vocab, encode_vocab, export_packed_lm, fixed_bytes, header_bytes, is_packed_lm,
+                      lm_fp32_bytes, lm_layout, lm_size, load_packed_lm, matrix_bytes, upgrade_packed_lm)
 from lm.score import load_lm, save_lm, sentence_logprobs
 from lm.vocab import Vocab
 from models.quantizers import QUANTIZED_BITS, SUPPORTED_BITS, fake_quant
 from quant.knapsack import brute_force
-from quant.packing import PackedModelError, payload_bytes
-from tests.conftest import INVALID_BITS
+from quant.packing import PackedModelError, payload_bytes, read_header
+from tests.conftest import INVALID_BITS, run_cli
 
 V = 40
 VOCAB = Vocab(["<eos>", "<unk>"] + [f"w{i}" for i in range(V - 2)])
@@ -119,6 +120,47 @@ def test_pack_load_is_exact_and_cost_model_equals_bytes_on_disk(arch, tmp_path):
             assert torch.equal(again(x), m(x))
 
 
+def write_version1(src, dst):
+    """``src`` (a version 2 file) as version 1 wrote it: the vocabulary a JSON list in ``vocab``."""
+    from safetensors.torch import load_file, save_file
+    meta = read_header(str(src))["__metadata__"]
+    meta = {k: v for k, v in meta.items() if k != "vocab_zlib"}
+    meta.update(format_version="1", vocab=json.dumps(decode_vocab(read_header(str(src))["__metadata__"]["vocab_zlib"])))
+    save_file(load_file(str(src)), str(dst), metadata=meta)
+
+
+def test_vocabulary_is_stored_compressed_and_version_1_files_load_and_upgrade_exactly(tmp_path):
+    big = Vocab(["<eos>", "<unk>"] + [f"word{i:05d}" for i in range(3000)])
+    assert decode_vocab(encode_vocab(big.words)) == big.words
+    cfg = small_cfg(vocab_size=len(big))
+    m = trained_like(cfg)
+    m.set_weight_bits(mixed_bits(cfg, 2))
+    v2 = tmp_path / "v2.safetensors"
+    export_packed_lm(m, big, str(v2))
+    meta = read_header(str(v2))["__metadata__"]
+    assert meta["format_version"] == "2" and "vocab" not in meta
+    assert len(meta["vocab_zlib"]) < 0.5 * len(json.dumps(big.words))
+    v1 = tmp_path / "sub" / "model.safetensors"
+    v1.parent.mkdir()
+    write_version1(v2, v1)
+    (v1.parent / "size.json").write_text(json.dumps({"bytes": 1, "file_bytes": v1.stat().st_size}))
+    x = torch.randint(0, len(big), (3, 9))
+    old, old_vocab = load_packed_lm(v1)  # version 1 is still read
+    with torch.no_grad():
+        ref = old(x)
+    assert old_vocab == big and v1.stat().st_size > v2.stat().st_size
+    run_cli(["upgrade_lm_file.py", str(v1), str(v2)])
+    assert v1.stat().st_size == v2.stat().st_size  # as a fresh version 2 export
+    new, new_vocab = load_packed_lm(v1)
+    with torch.no_grad():
+        assert new_vocab == big and torch.equal(new(x), ref)
+    assert json.loads((v1.parent / "size.json").read_text()) == {"bytes": 1, "file_bytes": v1.stat().st_size,
+                                                                 "header_bytes": header_bytes(v1)}
+    assert upgrade_packed_lm(v1) == (v1.stat().st_size,) * 2  # version 2: left alone
+    with pytest.raises(ValueError, match="vocab_zlib is not"):
+        decode_vocab("not base64!")
+
+
 def test_cost_model_by_hand():
     """Bytes counted independently of lm_layout: codes ceil(n*b/8) + 2 per row, floats 4 each."""
     cfg = small_cfg(positions="learned", tie_embeddings=False)
@@ -157,6 +199,14 @@ def test_bad_packed_files_are_clear_errors(tmp_path):
         m.tok_emb.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         export_packed_lm(m, VOCAB, str(tmp_path / "nan.safetensors"))
+    # a vocabulary that does not decode, or one that is not the recorded one
+    from safetensors.torch import load_file, save_file
+    meta = read_header(str(good))["__metadata__"]
+    for key, value, msg in [("vocab_zlib", "AAAA", "bad config or vocabulary"),
+                            ("vocab_zlib", encode_vocab(other.words), "does not match its recorded sha1")]:
+        save_file(load_file(str(good)), str(tmp_path / "bad.safetensors"), metadata={**meta, key: value})
+        with pytest.raises(PackedModelError, match=msg):
+            load_packed_lm(tmp_path / "bad.safetensors")
     # an acoustic-model packed file is not an LM
     from models.tdnnf import TDNNF
     from quant.packing import export_packed
