@@ -121,6 +121,20 @@ class Runner:
         self.extra_retrain = [str(a) for a in self.cfg.retrain_args]
         self.extra_decode = [str(a) for a in self.cfg.decode_args]
 
+    def check_spaces(self) -> None:
+        """Every system's space must have the experiment space's network: one fp32 baseline seeds them
+        all and is the reference of every ratio. Raises ValueError naming the system."""
+        from search_spaces.space import load_search_space  # brings torch: only when spaces differ
+
+        names = {s.space for s in self.cfg.systems} - {self.cfg.space}
+        if not names:
+            return
+        base = load_search_space(self.cfg.space).network
+        for s in self.cfg.systems:
+            if s.space in names and load_search_space(s.space).network != base:
+                raise ValueError(f"system {s.name}: space {s.space!r} has another network than the "
+                                 f"experiment's space {self.cfg.space!r} (use extends: {self.cfg.space})")
+
     def budget_bytes(self, s) -> int:
         if s.budget_bytes is not None:
             return int(s.budget_bytes)
@@ -476,6 +490,7 @@ def main(argv=None) -> int:
     out = Path(args.out or cfg.out or f"exp/{Path(args.config).stem}")
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(cfg, out, args.device or cfg.device or "cpu", Console(quiet=args.quiet))
+    runner.check_spaces()
     if args.compare:
         runner.report.print_comparisons([tuple(p.split(":")) for p in args.compare.split(",") if p])
     elif args.table_only:

@@ -288,6 +288,12 @@ def test_a_system_may_use_another_space_and_sensitivities_are_reused_only_within
     assert arg("kl8_b3:mixed_precision.py", "--sensitivity-in") is None  # kl8 measured other widths
     assert arg("kl12_b3:mixed_precision.py", "--sensitivity-in").endswith("kl8_b3/genotype_in.sensitivity.json")
     assert arg("u3:retrain.py", "--space") == "tdnnf_demo_b3" and arg("u3:retrain.py", "--uniform-bits") == "3"
+    runner.check_spaces()  # tdnnf_demo_b3 extends tdnnf_demo: the same network
+    other = rx.Runner(rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                                      {"name": "w", "kind": "uniform", "bits": 3, "space": "tdnnf_wide"}])),
+                      tmp_path / "exp2", "cpu")
+    with pytest.raises(ValueError, match="system w: space 'tdnnf_wide' has another network"):
+        other.check_spaces()
 
 
 def test_inherited_switches_are_resolved_once_and_checked(tmp_path):
@@ -314,3 +320,17 @@ def test_inherited_switches_are_resolved_once_and_checked(tmp_path):
 def test_system_values_are_typed(tmp_path, system, message):
     with pytest.raises(ValueError, match=message):
         rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, system]))
+
+
+def test_shipped_experiment_configs_load_and_their_spaces_share_one_network():
+    import yaml
+    from search_spaces.space import load_search_space
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    experiments = [p for p in configs if "systems" in (yaml.safe_load(p.read_text()) or {})]
+    assert {"demo.yaml", "paper_demo.yaml", "paper_wide.yaml"} <= {p.name for p in experiments}
+    for p in experiments:
+        cfg = rx.load_config(p)
+        base = load_search_space(cfg.space, num_pdfs=80).network
+        for s in cfg.systems:  # one fp32 baseline serves every system: same network in every space
+            assert load_search_space(s.space, num_pdfs=80).network == base, (p.name, s.name)
