@@ -84,7 +84,7 @@ def run_setting(args, threads: int, out_dir):
     loss_fn._num = timed(loss_fn._num, clock, "numerator")
     loss_fn._den = timed(loss_fn._den, clock, "denominator")
     # the LR scheduler warns when optimizer.step is replaced after it was built; the wrapper calls the same step
-    warnings.filterwarnings("ignore", message="Seems like `optimizer.step()` has been overridden")
+    warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
     trainer.optimizer.step = timed(trainer.optimizer.step, clock, "optimizer")
     trainer.scheduler.step = timed(trainer.scheduler.step, clock, "optimizer")
     model.apply_semi_orthogonal_ = timed(model.apply_semi_orthogonal_, clock, "semi_orthogonal")
