@@ -130,8 +130,9 @@ class Runner:
         if not names:
             return
         base = load_search_space(self.cfg.space).network
+        same = {name: load_search_space(name).network == base for name in names}  # each space read once
         for s in self.cfg.systems:
-            if s.space in names and load_search_space(s.space).network != base:
+            if not same.get(s.space, True):
                 raise ValueError(f"system {s.name}: space {s.space!r} has another network than the "
                                  f"experiment's space {self.cfg.space!r} (use extends: {self.cfg.space})")
 
