@@ -13,12 +13,17 @@ the same training batches with each part timed by wrapping the objects the step 
 * ``optimizer``: ``optimizer.step`` (and the LR schedule); ``semi_orthogonal``: the constraint update;
 * ``backward_and_rest``: the rest of the step (the network's backward, gradient clipping, checks).
 
-It runs the same steps once per setting (``--threads``, e.g. ``1,2``), in this process and in the same
-run, and prints the steps per second of each setting as a ratio against the first. Results go to
+It runs the same steps once per setting, in this process and in the same run, and prints the steps per
+second of each setting as a ratio against the first. A setting is a thread count (``--threads``, e.g.
+``1,2``) and a masked-BatchNorm implementation (``--batch-norm``): ``fused`` (the model's, one autograd
+function with a closed-form backward) or ``composed`` (the same arithmetic as separate tensor operations,
+``models.tdnnf.masked_batch_norm_reference``, the implementation before the fused one). ``--allocator
+glibc,tcmalloc`` repeats every setting in a child process per memory allocator (tcmalloc preloaded, as
+``scripts/run_demo.sh`` does), in the same run. Results go to
 ``--out`` (JSON). Example (the main command's corpus and configs)::
 
     python bench/bench_train_step.py --data-dir data/synth_tel --config configs/retrain_demo.yaml \\
-        --steps 12 --threads 1,2 --out docs/results/bench_train_step.json
+        --steps 12 --threads 1,2 --batch-norm composed,fused --out docs/results/bench_train_step.json
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -38,6 +45,7 @@ from training.cli import HelpFormatter  # noqa: E402
 
 import torch  # noqa: E402
 
+import models.tdnnf as tdnnf  # noqa: E402
 from models import build_model  # noqa: E402
 from search_spaces.genotype import Genotype  # noqa: E402
 from training.experiment import (config_section, load_sections, make_batches, make_lfmmi,  # noqa: E402
@@ -72,9 +80,18 @@ def build_trainer(args, out_dir):
     return trainer, train
 
 
-def run_setting(args, threads: int, out_dir):
-    """Time ``--steps`` steps (after ``--warmup``) at ``threads`` intra-op threads: per-part seconds."""
+FUSED_BN = tdnnf._MaskedBatchNorm.apply
+
+
+def composed_bn(x, m, eps):
+    return tdnnf.masked_batch_norm_reference(x, m, eps)
+
+
+def run_setting(args, threads: int, batch_norm: str, out_dir):
+    """Time ``--steps`` steps (after ``--warmup``) at ``threads`` intra-op threads with the ``batch_norm``
+    implementation (``fused`` | ``composed``): per-part seconds."""
     torch.set_num_threads(threads)
+    tdnnf._MaskedBatchNorm.apply = FUSED_BN if batch_norm == "fused" else composed_bn
     torch.manual_seed(0)
     trainer, batches = build_trainer(args, out_dir)
     clock = defaultdict(float)
@@ -108,9 +125,41 @@ def run_setting(args, threads: int, out_dir):
         per_step.append(parts)
     mean = {p: statistics.fmean(s[p] for s in per_step) for p in PARTS}
     step = statistics.fmean(steps)
-    return {"threads": threads, "steps": args.steps, "seconds_per_step": step,
+    return {"threads": threads, "batch_norm": batch_norm, "steps": args.steps, "seconds_per_step": step,
             "median_seconds_per_step": statistics.median(steps), "steps_per_second": 1.0 / step,
             "input_frames_per_step": statistics.fmean(frames), "seconds": mean, "share": {p: mean[p] / step for p in PARTS}}
+
+
+def find_tcmalloc():
+    """Path of libtcmalloc_minimal.so.4 (Debian's libtcmalloc-minimal4), or None."""
+    import glob
+    hits = sorted(glob.glob("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4"))
+    return hits[0] if hits else None
+
+
+def run_allocators(args, argv):
+    """Every setting once per allocator, each allocator in a child process of this script: results."""
+    results = []
+    for alloc in args.allocator.split(","):
+        env = dict(os.environ)
+        env["LD_PRELOAD"] = ":".join(x for x in env.get("LD_PRELOAD", "").split(":") if "tcmalloc" not in x)
+        if alloc == "tcmalloc":
+            lib = find_tcmalloc()
+            if lib is None:
+                raise SystemExit("error: tcmalloc not found (apt-get install libtcmalloc-minimal4)")
+            env["LD_PRELOAD"] = lib + (":" + env["LD_PRELOAD"] if env["LD_PRELOAD"] else "")
+        elif alloc != "glibc":
+            raise SystemExit(f"error: --allocator takes glibc and/or tcmalloc, got {alloc!r}")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "r.json")
+            child = [a for a in argv]
+            child += ["--allocator", alloc, "--out", out, "--workdir", os.path.join(args.workdir, alloc)]
+            subprocess.run([sys.executable, os.path.abspath(__file__)] + child, env=env, check=True)
+            with open(out) as f:
+                for r in json.load(f)["results"]:
+                    r["allocator"] = alloc
+                    results.append(r)
+    return results
 
 
 def main(argv=None):
@@ -121,20 +170,40 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=12, help="timed steps per setting")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", default="1", help="comma-separated torch intra-op thread counts to compare")
+    p.add_argument("--batch-norm", default="fused", help="comma-separated masked-BatchNorm implementations "
+                   "to compare: fused (the model's) and/or composed (separate tensor operations)")
+    p.add_argument("--allocator", default=None, help="comma-separated memory allocators to compare, each "
+                   "in a child process: glibc and/or tcmalloc (default: this process's)")
     p.add_argument("--workdir", default="exp/bench_train_step", help="the trainer's --out (TensorBoard, lock)")
     p.add_argument("--out", default=None, help="JSON result")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("error: --steps must be >= 1 and --warmup >= 0")
-    settings = [int(t) for t in args.threads.split(",")]
-    results = []
-    for k, th in enumerate(settings):
-        results.append(run_setting(args, th, os.path.join(args.workdir, f"threads{th}_{k}")))
+    bns = args.batch_norm.split(",")
+    if any(b not in ("fused", "composed") for b in bns):
+        raise SystemExit(f"error: --batch-norm takes fused and/or composed, got {args.batch_norm!r}")
+    if args.allocator and "," in args.allocator:
+        keep, skip = [], False
+        for a in argv:  # the children get one allocator each and their own --out/--workdir
+            if skip:
+                skip = False
+            elif a in ("--allocator", "--out", "--workdir"):
+                skip = True
+            elif not a.startswith(("--allocator=", "--out=", "--workdir=")):
+                keep.append(a)
+        results = run_allocators(args, keep)
+    else:
+        settings = [(int(t), b) for b in bns for t in args.threads.split(",")]
+        results = []
+        for k, (th, bn) in enumerate(settings):
+            results.append(run_setting(args, th, bn, os.path.join(args.workdir, f"threads{th}_{bn}_{k}")))
+            results[-1]["allocator"] = args.allocator or "process default"
     base = results[0]["steps_per_second"]
-    print(f"{'threads':>7} {'s/step':>7} {'ratio':>6}  " + " ".join(f"{p:>17}" for p in PARTS))
+    print(f"{'alloc':>15} {'threads':>7} {'bn':>8} {'s/step':>7} {'ratio':>6}  " + " ".join(f"{p:>17}" for p in PARTS))
     for r in results:
         r["ratio_vs_first"] = r["steps_per_second"] / base
-        print(f"{r['threads']:>7} {r['seconds_per_step']:7.3f} {r['ratio_vs_first']:6.2f}  "
+        print(f"{r['allocator']:>15} {r['threads']:>7} {r['batch_norm']:>8} {r['seconds_per_step']:7.3f} {r['ratio_vs_first']:6.2f}  "
               + " ".join(f"{100 * r['share'][p]:16.1f}%" for p in PARTS))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

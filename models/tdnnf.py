@@ -55,6 +55,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from models.config import TDNNFConfig, contexts, parse_dropout_schedule, subsampling_point
 from models.quantizers import fake_quant
@@ -113,25 +114,64 @@ def factored_tdnn(x: torch.Tensor, w_linear: torch.Tensor, w_affine: torch.Tenso
     return tdnn_conv(tdnn_conv(x, w_linear, None, stride), w_affine, bias, stride)
 
 
+class _MaskedBatchNorm(torch.autograd.Function):
+    """Normalisation of (B, C, T) by the mean and variance of the frames where ``m`` (B, 1, T; 0/1 floats,
+    n = m.sum() > 0) is 1, in fewer passes over the tensor than the composed operations: the statistics are
+    batched matrix-vector products, and the backward is the closed form
+    ``dx = rstd * (g - m / n * (sum(g) + y * sum(g * y)))`` (sums over every frame of the batch; every
+    output frame depends on the statistics, only masked frames enter them). Returns (y, mean, var); only y
+    is differentiable, and only once (a second derivative raises)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: torch.Tensor, eps: float):
+        n = m.sum()
+        mv = m[:, 0, :, None]                                      # (B, T, 1)
+        mean = torch.bmm(x, mv).sum(0).squeeze(1) / n               # (C,)
+        xc = x - mean[None, :, None]
+        var = torch.bmm(xc.square(), mv).sum(0).squeeze(1) / n
+        rstd = torch.rsqrt(var + eps)
+        y = xc.mul_(rstd[None, :, None])
+        ctx.save_for_backward(y, m, rstd, n)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor, _g_mean, _g_var):
+        y, m, rstd, n = ctx.saved_tensors
+        sg = g.sum(dim=(0, 2))
+        sgy = (g * y).sum(dim=(0, 2))
+        t = torch.addcmul(sg[None, :, None], y, sgy[None, :, None]).mul_(m / n)
+        return torch.sub(g, t).mul_(rstd[None, :, None]), None, None
+
+
+def masked_batch_norm_reference(x: torch.Tensor, mask: torch.Tensor, eps: float):
+    """The masked statistics and normalisation as composed operations (the reference of
+    :class:`_MaskedBatchNorm`): (y, mean, var) of (B, C, T) ``x`` under a (B, 1, T) 0/1 float ``mask``."""
+    n = mask.sum()
+    mean = (x * mask).sum(dim=(0, 2)) / n
+    xc = x - mean[None, :, None]
+    var = (xc.square() * mask).sum(dim=(0, 2)) / n
+    return xc * torch.rsqrt(var + eps)[None, :, None], mean, var
+
+
 def batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """BatchNorm (no affine) of (B, C, T); in training the statistics use only frames where ``mask``
     (broadcastable to (B, 1, T)) is true, and update ``bn``'s running stats like nn.BatchNorm1d does."""
     if mask is None or not bn.training:
         return bn(x)
-    m = mask.to(x.dtype).expand(x.shape[0], 1, x.shape[2])
+    m = mask.to(x.dtype).expand(x.shape[0], 1, x.shape[2]).contiguous()
     n = m.sum()
     if float(n) < 2:
         return bn(x)
-    mean = (x * m).sum(dim=(0, 2)) / n
-    xc = x - mean[None, :, None]
-    var = (xc.square() * m).sum(dim=(0, 2)) / n
+    y, mean, var = _MaskedBatchNorm.apply(x, m, bn.eps)
     if bn.track_running_stats:
         with torch.no_grad():
             mom = bn.momentum if bn.momentum is not None else 0.1
-            bn.running_mean.mul_(1 - mom).add_(mom * mean.detach())
-            bn.running_var.mul_(1 - mom).add_(mom * var.detach() * (n / (n - 1)))
+            bn.running_mean.mul_(1 - mom).add_(mom * mean)
+            bn.running_var.mul_(1 - mom).add_(mom * var * (n / (n - 1)))
             bn.num_batches_tracked += 1
-    return xc * torch.rsqrt(var + bn.eps)[None, :, None]
+    return y
 
 
 def tdnnf_layer_forward(x: torch.Tensor, w_linear: torch.Tensor, w_affine: torch.Tensor, bias: torch.Tensor,
@@ -142,7 +182,7 @@ def tdnnf_layer_forward(x: torch.Tensor, w_linear: torch.Tensor, w_affine: torch
     y = factored_tdnn(x, w_linear, w_affine, bias, stride)
     y = continuous_dropout(batch_norm(F.relu(y), bn, mask), dropout_p, training)
     if bypass_scale and x.shape[1] == y.shape[1]:
-        y = y + bypass_scale * (x[:, :, stride: x.shape[2] - stride] if stride > 0 else x)
+        y = torch.add(y, x[:, :, stride: x.shape[2] - stride] if stride > 0 else x, alpha=bypass_scale)
     return y
 
 

@@ -338,3 +338,43 @@ def test_layer_groups_name_their_bottleneck_index():
             bottleneck_index(bad)
     with pytest.raises(ValueError, match="has no bottleneck"):
         groups[0].bottleneck_index
+
+
+def test_masked_batch_norm_matches_composed_reference_and_gradcheck():
+    """The fused masked BatchNorm gives the composed operations' output, statistics and gradient, and
+    its closed-form backward passes a float64 gradcheck."""
+    from models.tdnnf import _MaskedBatchNorm, masked_batch_norm_reference
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 5, 9, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    m = (torch.rand(4, 1, 9) > 0.3).double()
+    m[0, 0, :2] = 1.0
+    assert torch.autograd.gradcheck(lambda v: _MaskedBatchNorm.apply(v, m, 1e-3)[0], (x,))
+    y, mean, var = _MaskedBatchNorm.apply(x, m, 1e-3)
+    y_ref, mean_ref, var_ref = masked_batch_norm_reference(x, m, 1e-3)
+    assert torch.allclose(y, y_ref, atol=1e-12) and torch.allclose(mean, mean_ref) and torch.allclose(var, var_ref)
+    g = torch.randn_like(y)
+    (a,) = torch.autograd.grad(y, x, g)
+    (b,) = torch.autograd.grad(y_ref, x, g)
+    assert torch.allclose(a, b, atol=1e-12)
+    # the masked-out frames enter no statistic: changing them changes only their own outputs
+    x2 = x.detach().clone()
+    x2[m.expand_as(x2) == 0] = 100.0
+    y2, mean2, var2 = _MaskedBatchNorm.apply(x2, m, 1e-3)
+    assert torch.allclose(mean2, mean) and torch.allclose(var2, var)
+    assert torch.allclose(y2[m.expand_as(y2) == 1], y.detach()[m.expand_as(y) == 1])
+
+
+def test_masked_batch_norm_updates_running_stats_like_the_reference():
+    from models.tdnnf import batch_norm, masked_batch_norm_reference
+
+    torch.manual_seed(1)
+    bn = torch.nn.BatchNorm1d(6, affine=False, eps=1e-3, momentum=0.1)
+    x = torch.randn(3, 6, 10) * 2 + 0.5
+    mask = torch.rand(3, 1, 10) > 0.4
+    y = batch_norm(x, bn, mask)
+    y_ref, mean, var = masked_batch_norm_reference(x, mask.float(), 1e-3)
+    n = mask.sum()
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    assert torch.allclose(bn.running_mean, 0.1 * mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, 0.9 + 0.1 * var * n / (n - 1), atol=1e-6)
