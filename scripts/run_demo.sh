@@ -16,14 +16,12 @@ REAL="${REAL:-data/real_asterisk}"
 DEVICE="${DEVICE:-cpu}"
 bash scripts/setup.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-# tcmalloc instead of glibc's malloc: a training step allocates and frees tens of (batch, 256, frames)
-# tensors of ~28 MB; glibc hands such blocks back to the kernel and page-faults them in again on the next
-# allocation, tcmalloc keeps them (bench/bench_train_step.py --allocator glibc,tcmalloc). TCMALLOC= turns it off.
+# The experiment's stages run with tcmalloc instead of glibc's malloc: a training step allocates and frees
+# tens of (batch, 256, frames) tensors of ~28 MB; glibc hands such blocks back to the kernel and page-faults
+# them in again on the next allocation, tcmalloc keeps them (bench/bench_train_step.py --allocator
+# glibc,tcmalloc). Data preparation runs without it (its 8 kHz resampling aborts with "free(): invalid
+# pointer" under tcmalloc). TCMALLOC= turns it off.
 TCMALLOC="${TCMALLOC-$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1)}"
-if [ -n "$TCMALLOC" ]; then
-  export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"
-  echo "[run_demo] allocator: $TCMALLOC"
-fi
 T0=$(date +%s)
 if [ ! -f "$DATA/summary.json" ]; then
   .venv/bin/python prepare_data.py --corpus synth --size demo --out "$DATA" --seed 0 \
@@ -32,5 +30,10 @@ fi
 if [ ! -f "$REAL/summary.json" ]; then
   .venv/bin/python prepare_data.py --corpus asterisk --out "$REAL" --oov skip
 fi
-.venv/bin/python run_experiments.py --config "$CONFIG" --device "$DEVICE"
+PRELOAD="${LD_PRELOAD:-}"
+if [ -n "$TCMALLOC" ]; then
+  PRELOAD="$TCMALLOC${PRELOAD:+:$PRELOAD}"
+  echo "[run_demo] allocator for the experiment: $TCMALLOC"
+fi
+LD_PRELOAD="$PRELOAD" .venv/bin/python run_experiments.py --config "$CONFIG" --device "$DEVICE"
 echo "[run_demo] finished in $(( $(date +%s) - T0 )) s; table: $(.venv/bin/python -c "import yaml,sys; c=yaml.safe_load(open('$CONFIG')); print(c.get('out','exp/'+'$CONFIG'.split('/')[-1].rsplit('.',1)[0]))")/results.md"
