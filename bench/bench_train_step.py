@@ -83,15 +83,11 @@ def build_trainer(args, out_dir):
 FUSED_BN = tdnnf._MaskedBatchNorm.apply
 
 
-def composed_bn(x, m, eps):
-    return tdnnf.masked_batch_norm_reference(x, m, eps)
-
-
 def run_setting(args, threads: int, batch_norm: str, out_dir):
     """Time ``--steps`` steps (after ``--warmup``) at ``threads`` intra-op threads with the ``batch_norm``
     implementation (``fused`` | ``composed``): per-part seconds."""
     torch.set_num_threads(threads)
-    tdnnf._MaskedBatchNorm.apply = FUSED_BN if batch_norm == "fused" else composed_bn
+    tdnnf._MaskedBatchNorm.apply = FUSED_BN if batch_norm == "fused" else tdnnf.masked_batch_norm_reference
     torch.manual_seed(0)
     trainer, batches = build_trainer(args, out_dir)
     clock = defaultdict(float)
@@ -137,7 +133,7 @@ def find_tcmalloc():
     return hits[0] if hits else None
 
 
-def run_allocators(args, argv):
+def run_allocators(args):
     """Every setting once per allocator, each allocator in a child process of this script: results."""
     results = []
     for alloc in args.allocator.split(","):
@@ -152,8 +148,11 @@ def run_allocators(args, argv):
             raise SystemExit(f"error: --allocator takes glibc and/or tcmalloc, got {alloc!r}")
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "r.json")
-            child = [a for a in argv]
-            child += ["--allocator", alloc, "--out", out, "--workdir", os.path.join(args.workdir, alloc)]
+            child = ["--data-dir", args.data_dir, "--space", args.space, "--steps", str(args.steps),
+                     "--warmup", str(args.warmup), "--threads", args.threads, "--batch-norm", args.batch_norm,
+                     "--allocator", alloc, "--out", out, "--workdir", os.path.join(args.workdir, alloc)]
+            if args.config:
+                child += ["--config", args.config]
             subprocess.run([sys.executable, os.path.abspath(__file__)] + child, env=env, check=True)
             with open(out) as f:
                 for r in json.load(f)["results"]:
@@ -176,7 +175,6 @@ def main(argv=None):
                    "in a child process: glibc and/or tcmalloc (default: this process's)")
     p.add_argument("--workdir", default="exp/bench_train_step", help="the trainer's --out (TensorBoard, lock)")
     p.add_argument("--out", default=None, help="JSON result")
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("error: --steps must be >= 1 and --warmup >= 0")
@@ -184,15 +182,7 @@ def main(argv=None):
     if any(b not in ("fused", "composed") for b in bns):
         raise SystemExit(f"error: --batch-norm takes fused and/or composed, got {args.batch_norm!r}")
     if args.allocator and "," in args.allocator:
-        keep, skip = [], False
-        for a in argv:  # the children get one allocator each and their own --out/--workdir
-            if skip:
-                skip = False
-            elif a in ("--allocator", "--out", "--workdir"):
-                skip = True
-            elif not a.startswith(("--allocator=", "--out=", "--workdir=")):
-                keep.append(a)
-        results = run_allocators(args, keep)
+        results = run_allocators(args)
     else:
         settings = [(int(t), b) for b in bns for t in args.threads.split(",")]
         results = []
