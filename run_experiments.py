@@ -221,7 +221,9 @@ class Runner:
             cmd += ["--uniform-bits", str(int(s.bits))]
         elif genotype is not None:
             cmd += ["--genotype", str(genotype)]
-        if s.kind != "fp32" and s.finetune_from_fp32:
+        if s.finetune_from_search:  # the weights the search trained for this genotype, unrotated
+            cmd += ["--init-from", str(self.search_subnet(s)), "--bottleneck-order", "none"]
+        elif s.kind != "fp32" and s.finetune_from_fp32:
             cmd += ["--init-from", str(self.exp.fp32_model())]
         if s.kind != "fp32" and s.distill_from_fp32:
             cmd += ["--distill-from", str(self.exp.fp32_model())]  # weight/temperature: the config's distill:
@@ -231,6 +233,15 @@ class Runner:
             cmd += ["--resume"]
         what = "train" if s.kind == "fp32" else "fine-tune (QAT) and export"
         run(cmd + self.extra_retrain + [str(a) for a in s.retrain_args], d / "log.txt", self.console, what)
+
+    def search_subnet(self, s) -> Path:
+        """``subnet.pt`` of the search that gave ``s`` its genotype (its own, or ``genotype_from``'s)."""
+        src = s.genotype_from or s.name
+        f = self.exp.sys_dir(src) / "search" / "subnet.pt"
+        if not f.is_file():
+            raise RuntimeError(f"system {s.name}: finetune_from_search needs {f}, which {src}'s search writes "
+                               f"at its end (a search run before subnet.pt existed: rerun it)")
+        return f
 
     def export_onnx(self, s) -> None:
         """Export ``onnx_from``'s packed model to ``model.onnx``; size.json gives the ONNX file's bytes."""

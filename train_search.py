@@ -12,7 +12,9 @@ Weights train on the training split, one hard-sampled subnet per step; with ``mo
 recordings by the task loss of a fresh hard sample, a two-sided band penalty on the argmax size and an
 entropy term that ramps up after the warm-up (``docs/SEARCH.md``); ``mode: single`` updates both from
 the same batch (EdMIPS). The architecture is frozen for ``warmup_epochs``. Each epoch writes
-``genotype_epochN.json``, ``genotype.json`` and ``arch_probs.json``; TensorBoard (``tb/``) shows
+``genotype_epochN.json``, ``genotype.json`` and ``arch_probs.json``; the end writes ``subnet.pt``, the
+final genotype cut out of the supernet with its shared weights (a float model file: ``retrain.py
+--init-from subnet.pt --bottleneck-order none`` fine-tunes the weights the search trained); TensorBoard (``tb/``) shows
 per-layer probabilities and entropies of every bit-width and dimension, labelled layer x choice
 heatmaps, argmax / expected / target size, tau, LF-MMI and penalty terms and the semi-orthogonality
 error.
@@ -39,7 +41,8 @@ from training.distill import DistillHook, DistillOptions
 from training.experiment import (config_section, lfmmi_options, load_sections, make_batches, make_lfmmi, split_train,
                                  start_run)
 from training.loop import TrainOptions, Trainer
-from training.model_io import init_from, load_model_file
+from search_spaces.genotype import Genotype
+from training.model_io import init_from, load_model_file, save_model_file
 from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash
 
 log = logging.getLogger("train_search")
@@ -105,6 +108,15 @@ def write_arch_probs(arch, path: Path, source: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"version": 1, "source": source, "layers": layers}, indent=1) + "\n")
     tmp.replace(path)
+
+
+def save_subnet(net: SuperNet, out: Path, corpus) -> None:
+    """Write ``out/subnet.pt``: the genotype of ``out/genotype.json`` with the supernet's shared weights
+    (``SuperNet.export_subnet``: the first d bottleneck units, BatchNorm statistics as they are), the
+    CMVN and the phone list -- the start of a fine-tuning that keeps what the search trained."""
+    g = Genotype.load(str(out / "genotype.json"))
+    save_model_file(net.export_subnet(g), out / "subnet.pt", corpus.cmvn, corpus.lexicon.phones)
+    log.info("wrote %s (the genotype's subnet with the supernet's weights)", out / "subnet.pt")
 
 
 def load_config(path):
@@ -209,6 +221,8 @@ def main(argv=None):
                    "distill_from": args.distill_from, "distill": cfg.get("distill"),
                    "space": space.name, "bottleneck_search": not args.no_bottleneck_search}, f, indent=1)
     trainer.fit(resume=args.resume)
+    if dinfo.is_main:
+        save_subnet(net, out, corpus)
     distributed.cleanup(dinfo)
     return 0
 

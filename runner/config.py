@@ -84,6 +84,9 @@ class SystemSpec:
     search_bottleneck: bool = True
     search_from_fp32: Optional[bool] = None      # None: the experiment's
     finetune_from_fp32: Optional[bool] = None
+    # nas: fine-tune from the search's own weights for the genotype (its search dir's subnet.pt; with
+    # genotype_from, that system's search) instead of the fp32 baseline's
+    finetune_from_search: bool = False
     distill_from_fp32: Optional[bool] = None
     quant_trainer: Optional[str] = None
     reference: Optional[str] = None              # the system its WER changes are tested against
@@ -207,6 +210,8 @@ def _system(path: str, i: int, d: Dict[str, Any]) -> SystemSpec:
         raise ValueError(f"{where} (uniform) needs bits")
     if s.kind in ("kl", "hessian", "nas") and s.budget_ratio is None and s.budget_bytes is None:
         raise ValueError(f"{where} ({s.kind}) needs budget_ratio or budget_bytes")
+    if s.finetune_from_search and s.kind != "nas":
+        raise ValueError(f"{where} ({s.kind}): finetune_from_search needs kind nas (a system with a search)")
     _check_budget(where, s)
     return s
 

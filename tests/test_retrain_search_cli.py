@@ -3,6 +3,7 @@ bottleneck, bad genotypes, and kill-and-resume of a search."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -91,3 +92,37 @@ def test_search_kill_and_resume_gives_the_same_architecture_and_weights(tiny_cor
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert json.load(open(tmp_path / "straight" / "genotype.json"))["layers"] == \
         json.load(open(out / "genotype.json"))["layers"]
+    check_subnet_file(tmp_path / "straight", tiny_corpus)
+    # fine-tuning starts from the weights the search trained: every tensor copied, none sliced or rotated
+    r = run_cli(["retrain.py", "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 1,
+                 "--genotype", tmp_path / "straight" / "genotype.json", "--init-from",
+                 tmp_path / "straight" / "subnet.pt", "--bottleneck-order", "none", "--no-progress",
+                 "--out", tmp_path / "ft_from_search"])
+    assert re.search(r"bottlenecks ordered: none; \d+ tensors copied, 0 sliced", r.stdout + r.stderr)
+
+
+def check_subnet_file(search_dir, corpus_dir):
+    """subnet.pt is the final genotype with the supernet's weights: the supernet restored from the
+    checkpoint, fixed to that genotype, computes what the loaded subnet computes."""
+    from search_spaces.genotype import Genotype
+    from search_spaces.space import load_search_space
+    from supernet.network import SuperNet
+    from training.experiment import load_corpus
+    from training.model_io import load_model_file
+
+    corpus = load_corpus(corpus_dir)
+    space = load_search_space("tdnnf_demo", num_pdfs=corpus.num_pdfs)
+    g = Genotype.load(str(search_dir / "genotype.json"))
+    sub = load_model_file(search_dir / "subnet.pt").eval()
+    assert sub.cfg == g.to_config(space)
+    assert sub.phones == list(corpus.lexicon.phones)
+    assert torch.equal(sub.cmvn.mean, corpus.cmvn.mean)
+    net = SuperNet.from_space(space)
+    net.load_state_dict(ckpt.load(search_dir / "checkpoint.pt")["model"])
+    net.eval()
+    net.arch.set_choices([(l.bits, l.bottleneck) for l in g.layers])
+    torch.manual_seed(0)
+    x, lengths = torch.randn(2, 40, 40), torch.tensor([40, 33])
+    with torch.no_grad():
+        a, b = net(x, lengths)[0], sub(x, lengths)[0]
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), float((a - b).abs().max())

@@ -80,6 +80,37 @@ def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path,
     assert teacher_of("nas:train_search.py") == teacher and teacher_of("nas:retrain.py") == teacher
 
 
+def test_finetune_from_search_starts_from_the_search_subnet(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="u4 \\(uniform\\): finetune_from_search needs kind nas"):
+        rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                        {"name": "u4", "kind": "uniform", "bits": 4, "finetune_from_search": True}]))
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                          {"name": "nas", "kind": "nas", "budget_bytes": 1000},
+                                          {"name": "nas_si", "kind": "nas", "budget_bytes": 1000,
+                                           "genotype_from": "nas", "finetune_from_search": True}]))
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    cmds = {}
+
+    def fake_run(cmd, log_file, *args):
+        cmds[log_file.parent.name + ":" + Path(cmd[1]).name] = cmd
+        if Path(cmd[1]).name == "train_search.py":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "genotype.json").write_text("{}")
+
+    monkeypatch.setattr(rx, "run", fake_run)
+    runner.retrain(cfg.systems[1], runner.genotype(cfg.systems[1]))
+    with pytest.raises(RuntimeError, match="nas_si: finetune_from_search needs .*nas/search/subnet.pt"):
+        runner.retrain(cfg.systems[2], runner.genotype(cfg.systems[2]))
+    (tmp_path / "exp" / "nas" / "search" / "subnet.pt").write_text("")
+    runner.retrain(cfg.systems[2], runner.genotype(cfg.systems[2]))
+    plain, si = cmds["nas:retrain.py"], cmds["nas_si:retrain.py"]
+    assert plain[plain.index("--init-from") + 1] == str(runner.exp.fp32_model())
+    assert si[si.index("--init-from") + 1] == str(tmp_path / "exp" / "nas" / "search" / "subnet.pt")
+    assert si[si.index("--bottleneck-order") + 1] == "none" and "--bottleneck-order" not in plain
+    assert "nas_si:train_search.py" not in cmds  # the genotype and the weights come from nas's search
+
+
 def test_real_speech_set_is_decoded_tabled_and_counts_for_lossless(tmp_path):
     p = tmp_path / "exp.yaml"
     base = {"data_dir": "d", "decode_args": ["--acoustic-scale", "1.2"],
