@@ -14,6 +14,22 @@ def write(tmp_path, systems, **top):
     return p
 
 
+def record_commands(monkeypatch):
+    """Replace the runner's ``run`` by a recorder: ``{"<system>:<script>": argv}``; a search writes an
+    empty genotype.json."""
+    cmds = {}
+
+    def fake_run(cmd, log_file, *args):
+        cmds[log_file.parent.name + ":" + Path(cmd[1]).name] = cmd
+        if Path(cmd[1]).name == "train_search.py":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "genotype.json").write_text("{}")
+
+    monkeypatch.setattr(rx, "run", fake_run)
+    return cmds
+
+
 def test_unknown_system_key_is_refused(tmp_path):
     p = write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "u4", "kind": "uniform", "bits": 4,
                                                               "retrain_confg": "x.yaml"}])
@@ -56,16 +72,7 @@ def test_distill_from_fp32_reaches_search_and_fine_tuning_but_not_fp32(tmp_path,
                                           {"name": "nas", "kind": "nas", "budget_bytes": 1000}],
                                distill_from_fp32=True))
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
-    cmds = {}
-
-    def fake_run(cmd, log_file, *args):
-        cmds[log_file.parent.name + ":" + Path(cmd[1]).name] = cmd
-        if Path(cmd[1]).name == "train_search.py":
-            out = Path(cmd[cmd.index("--out") + 1])
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "genotype.json").write_text("{}")
-
-    monkeypatch.setattr(rx, "run", fake_run)
+    cmds = record_commands(monkeypatch)
     for s in cfg.systems:
         runner.retrain(s, runner.genotype(s))
     teacher = str(runner.exp.fp32_model())
@@ -89,16 +96,7 @@ def test_finetune_from_search_starts_from_the_search_subnet(tmp_path, monkeypatc
                                           {"name": "nas_si", "kind": "nas", "budget_bytes": 1000,
                                            "genotype_from": "nas", "finetune_from_search": True}]))
     runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
-    cmds = {}
-
-    def fake_run(cmd, log_file, *args):
-        cmds[log_file.parent.name + ":" + Path(cmd[1]).name] = cmd
-        if Path(cmd[1]).name == "train_search.py":
-            out = Path(cmd[cmd.index("--out") + 1])
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "genotype.json").write_text("{}")
-
-    monkeypatch.setattr(rx, "run", fake_run)
+    cmds = record_commands(monkeypatch)
     runner.retrain(cfg.systems[1], runner.genotype(cfg.systems[1]))
     with pytest.raises(RuntimeError, match="nas_si: finetune_from_search needs .*nas/search/subnet.pt"):
         runner.retrain(cfg.systems[2], runner.genotype(cfg.systems[2]))
