@@ -14,10 +14,10 @@ entropy term that ramps up after the warm-up (``docs/SEARCH.md``); ``mode: singl
 the same batch (EdMIPS). The architecture is frozen for ``warmup_epochs``. Each epoch writes
 ``genotype_epochN.json``, ``genotype.json`` and ``arch_probs.json``; the end writes ``subnet.pt``, the
 final genotype cut out of the supernet with its shared weights (a float model file: ``retrain.py
---init-from subnet.pt --bottleneck-order none`` fine-tunes the weights the search trained); TensorBoard (``tb/``) shows
-per-layer probabilities and entropies of every bit-width and dimension, labelled layer x choice
-heatmaps, argmax / expected / target size, tau, LF-MMI and penalty terms and the semi-orthogonality
-error.
+--init-from subnet.pt --bottleneck-order none`` fine-tunes the weights the search trained). TensorBoard
+(``tb/``) shows per-layer probabilities and entropies of every bit-width and dimension, labelled layer x
+choice heatmaps, argmax / expected / target size, tau, LF-MMI and penalty terms and the
+semi-orthogonality error.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from nas.derive import SIZE_CHART_LAYOUT, derive_genotype, derive_genotype_withi
 from nas.hooks import ArchSearchHook
 from nas.options import SearchOptions
 from quant.cost_model import fp32_bytes
+from search_spaces.genotype import Genotype
 from supernet.network import SuperNet
 from training import distributed
 from training.checkpoint import has_checkpoint
@@ -41,7 +42,6 @@ from training.distill import DistillHook, DistillOptions
 from training.experiment import (config_section, lfmmi_options, load_sections, make_batches, make_lfmmi, split_train,
                                  start_run)
 from training.loop import TrainOptions, Trainer
-from search_spaces.genotype import Genotype
 from training.model_io import init_from, load_model_file, save_model_file
 from training.rundir import abspath_or_none, check_identity, claim_out_dir, config_hash
 
