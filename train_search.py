@@ -139,6 +139,9 @@ def parse_args(argv=None):
                    help="float teacher model.pt: weight steps and architecture steps add the frame-level KL "
                         "to its chain output (training.distill; the config's distill: section)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
+    p.add_argument("--weight-sampling", choices=["arch", "uniform"], default=None,
+                   help="override search.weight_sampling: the subnets the weight steps train (uniform: a "
+                        "uniformly random one at every step, whatever the architecture distribution)")
     p.add_argument("--penalty-weight", type=number(minimum=0), default=None,
                    help="override search.penalty_weight (0: no size penalty, a diagnostic of the task signal)")
     p.add_argument("--device", default="cpu")
@@ -157,7 +160,8 @@ def main(argv=None):
     cfg = load_config(args.config)
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
     sopts = config_section(args.config, SearchOptions.from_dict, cfg.get("search"))
-    sopts = sopts.replace(mode=args.mode, penalty_weight=args.penalty_weight)  # flags over YAML
+    sopts = sopts.replace(mode=args.mode, penalty_weight=args.penalty_weight,  # flags over YAML
+                          weight_sampling=args.weight_sampling)
     topts = topts.replace(seed=args.seed, epochs=args.epochs, max_steps=args.max_steps)
     lfmmi_cfg = cfg.get("lfmmi")
     config_section(args.config, lfmmi_options, lfmmi_cfg)  # checked now: an error names the file
@@ -191,6 +195,7 @@ def main(argv=None):
     entropy = RampSchedule(float(sopts.entropy_weight), float(sopts.warmup_epochs), float(topts.epochs))
     if sopts.mode == "bilevel":
         net.arch_grad = False  # weight steps compute only the sampled subnet; the logits learn on held-out data
+        net.weight_sampling = sopts.weight_sampling
 
     loss_fn, compiler, den = make_lfmmi(corpus, lfmmi_cfg)
     all_train = corpus.cuts("train")

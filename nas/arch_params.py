@@ -31,6 +31,8 @@ Weights = List[Tuple[torch.Tensor, torch.Tensor]]
 
 INITS = ("uniform", "high")  # logits all equal, or rising with the candidate (largest first)
 TRAIN_SAMPLING = ("gumbel", "softmax")
+# "uniform": a one-hot sample at a uniformly random candidate, whatever the logits (the weight steps of a
+# search whose shared weights train every subnet alike; SuperNet.weight_sampling)
 EVAL_SAMPLING = ("argmax", "softmax", "gumbel")
 
 
@@ -147,6 +149,10 @@ class ArchParams(nn.Module):
             return gumbel_softmax(logits, self.tau, hard=self.hard, generator=self.generator)
         if how == "softmax":
             return torch.softmax(logits / self.tau, -1)
+        if how == "uniform":  # one-hot at a uniformly random candidate; no gradient to the logits
+            i = torch.randint(logits.numel(), (1,), generator=self.generator,
+                              device=self.generator.device if self.generator is not None else "cpu")
+            return torch.zeros_like(logits.detach()).scatter_(-1, i.to(logits.device), 1.0)
         if how == "argmax":  # straight-through argmax (PLiNIO STEArgmax): one-hot forward, softmax grad
             if not (torch.is_grad_enabled() and logits.requires_grad):
                 return torch.zeros_like(logits).scatter_(-1, logits.detach().argmax(-1, keepdim=True), 1.0)

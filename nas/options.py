@@ -16,11 +16,12 @@ from nas.architect import OPTIMIZERS, Architect
 from nas.penalty import PENALTY_KINDS, PENALTY_SOURCES
 from nas.schedule import SCHEDULE_KINDS
 
-DERIVATIONS = ("argmax", "budget")  # the genotype: the argmax, or the most probable within the budget
+DERIVATIONS = ("argmax", "budget")
+WEIGHT_SAMPLINGS = ("arch", "uniform")  # SuperNet.weight_sampling: the subnets the weight steps train  # the genotype: the argmax, or the most probable within the budget
 
 CHOICES = {"mode": Architect.MODES, "derivation": DERIVATIONS, "arch_optimizer": OPTIMIZERS,
            "tau_schedule": SCHEDULE_KINDS, "penalty": PENALTY_KINDS, "penalty_source": PENALTY_SOURCES,
-           "init": INITS}
+           "init": INITS, "weight_sampling": WEIGHT_SAMPLINGS}
 
 
 @dataclass
@@ -42,6 +43,9 @@ class SearchOptions:
     init: str = "uniform"
     log_every: int = 10
     derivation: str = "argmax"
+    # the subnets the weight steps train: "arch" samples the architecture distribution (so the sharp last
+    # epochs train mostly its argmax), "uniform" a uniformly random subnet at every step (bilevel only)
+    weight_sampling: str = "arch"
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "SearchOptions":
@@ -81,6 +85,9 @@ class SearchOptions:
             raise ValueError(f"search.hard must be true or false, got {self.hard!r}")
         if isinstance(self.log_every, bool) or not isinstance(self.log_every, int) or self.log_every < 0:
             raise ValueError(f"search.log_every must be an integer >= 0, got {self.log_every!r}")
+        if self.weight_sampling == "uniform" and self.mode != "bilevel":
+            raise ValueError("search.weight_sampling: uniform needs mode: bilevel (single-level mode learns the "
+                             "logits from the weight steps' own samples)")
         band = self.penalty_band
         if not (isinstance(band, (list, tuple)) and len(band) == 2
                 and all(not isinstance(x, bool) and isinstance(x, (int, float)) for x in band)

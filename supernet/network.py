@@ -106,6 +106,11 @@ class SuperNet(TDNNF):
         # so a hard sample computes only the sampled subnet -- the weight step of a bi-level search,
         # whose logits are updated on held-out data instead (see arch_gradients)
         self.arch_grad = True
+        # the subnet a forward pass without gradients to the logits (a bi-level weight step) computes:
+        # "arch" samples the architecture distribution (its Gumbel samples), "uniform" a uniformly random
+        # subnet whatever the logits, so the shared weights keep training every candidate alike while
+        # the distribution sharpens (the architecture steps, with arch_gradients, still sample it)
+        self.weight_sampling = "arch"
         self.space = None  # the search_spaces.SearchSpace when built by from_space
         self._table: Optional[SizeTable] = None
 
@@ -186,7 +191,11 @@ class SuperNet(TDNNF):
             self.arch_grad = old
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, ivectors: Optional[torch.Tensor] = None):
-        self._cur = self.arch()
+        if (self.weight_sampling == "uniform" and self.training and not self.arch_grad
+                and not self.arch.is_fixed):
+            self._cur = self.arch.last = self.arch.sample("uniform")
+        else:
+            self._cur = self.arch()
         if not self.arch_grad:
             self._cur = [(wb.detach(), wd.detach()) for wb, wd in self._cur]
         self._skip = self._frozen = None

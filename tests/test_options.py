@@ -27,6 +27,8 @@ def test_search_options_defaults_round_trip_and_keep_values_as_written():
     ({"held_out_fraction": 1.0}, r"held_out_fraction must be in \[0, 1\)"),
     ({"hard": "yes"}, r"search.hard must be true or false"),
     ({"log_every": 2.5}, r"search.log_every must be an integer"),
+    ({"weight_sampling": "fair"}, r"search.weight_sampling must be one of"),
+    ({"weight_sampling": "uniform", "mode": "single"}, r"weight_sampling: uniform needs mode: bilevel"),
 ])
 def test_bad_search_options_name_the_key_and_the_file(d, msg):
     with pytest.raises(ValueError, match=msg):

@@ -232,3 +232,50 @@ def test_hard_sample_computes_exactly_the_sampled_subnet(arch_grad):
         else:
             assert not out.requires_grad or all(p.grad is None for p in net.arch_parameters())
     assert len(seen) > 1
+
+
+def test_uniform_weight_sampling_trains_every_subnet_whatever_the_logits():
+    """``weight_sampling = "uniform"``: a forward pass without gradients to the logits (a bi-level weight
+    step) computes a uniformly random subnet even when the logits are sharp, and it is exactly that
+    standalone subnet; a forward pass with gradients to the logits (an architecture step) still samples
+    the distribution. ``"arch"`` (the default) follows the logits in both."""
+    space = small_space(True, "mse")
+    torch.manual_seed(0)
+    net = randomize_(SuperNet.from_space(space, hard=True, tau=0.5)).train()
+    net.arch.generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # every layer's distribution sharp on its first candidate
+        for p in net.arch_parameters():
+            p.zero_()
+            p[0] = 50.0
+    first = [(l.bits[0], l.dims[0]) for l in net.choices]
+    x, L = batch()
+
+    def picked():
+        return [(l.bits[int(wb.argmax())], l.dims[int(wd.argmax())]) for l, (wb, wd) in zip(net.choices, net.arch.last)]
+
+    net.arch_grad = False
+    assert net.weight_sampling == "arch"
+    net(x, L)
+    assert picked() == first
+    net.weight_sampling = "uniform"
+    counts = {}  # (layer, bits) -> times drawn
+    for _ in range(40):
+        out = net(x, L)[0]
+        choices = picked()
+        for l, (b, _d) in zip(net.choices, choices):
+            counts[(l.name, b)] = counts.get((l.name, b), 0) + 1
+        assert not out.requires_grad or all(p.grad is None for p in net.arch_parameters())
+    for l in net.choices:  # every candidate drawn, none more than about its share
+        n = [counts.get((l.name, b), 0) for b in l.bits]
+        assert min(n) > 0 and max(n) <= 40 * (1.0 / len(l.bits)) + 15, (l.name, n)
+    sub = net.export_subnet(choices).train()
+    assert torch.allclose(out, sub(x, L)[0], atol=1e-5, rtol=1e-5)
+    with net.arch_gradients(True):  # the architecture step samples the (sharp) distribution
+        out = net(x, L)[0]
+    assert picked() == first
+    out.sum().backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.arch_parameters())
+    net.arch.set_choices(first[:1] + [(l.bits[-1], l.dims[-1]) for l in net.choices[1:]])
+    net.arch_grad = False
+    net(x, L)  # fixed choices win over the weight sampling
+    assert picked()[1:] == [(l.bits[-1], l.dims[-1]) for l in net.choices[1:]]
