@@ -31,7 +31,7 @@ from models.bottleneck_order import ORDER_METHODS
 from nas import Architect, RampSchedule, SizePenalty, TemperatureSchedule
 from nas.derive import SIZE_CHART_LAYOUT, derive_genotype, derive_genotype_within_budget
 from nas.hooks import ArchSearchHook
-from nas.options import SearchOptions
+from nas.options import WEIGHT_SAMPLINGS, SearchOptions
 from quant.cost_model import fp32_bytes
 from search_spaces.genotype import Genotype
 from supernet.network import SuperNet
@@ -139,7 +139,7 @@ def parse_args(argv=None):
                    help="float teacher model.pt: weight steps and architecture steps add the frame-level KL "
                         "to its chain output (training.distill; the config's distill: section)")
     p.add_argument("--mode", choices=["bilevel", "single"], default=None)
-    p.add_argument("--weight-sampling", choices=["arch", "uniform"], default=None,
+    p.add_argument("--weight-sampling", choices=WEIGHT_SAMPLINGS, default=None,
                    help="override search.weight_sampling: the subnets the weight steps train (uniform: a "
                         "uniformly random one at every step, whatever the architecture distribution)")
     p.add_argument("--penalty-weight", type=number(minimum=0), default=None,

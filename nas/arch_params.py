@@ -31,8 +31,6 @@ Weights = List[Tuple[torch.Tensor, torch.Tensor]]
 
 INITS = ("uniform", "high")  # logits all equal, or rising with the candidate (largest first)
 TRAIN_SAMPLING = ("gumbel", "softmax")
-# "uniform": a one-hot sample at a uniformly random candidate, whatever the logits (the weight steps of a
-# search whose shared weights train every subnet alike; SuperNet.weight_sampling)
 EVAL_SAMPLING = ("argmax", "softmax", "gumbel")
 
 
@@ -149,7 +147,7 @@ class ArchParams(nn.Module):
             return gumbel_softmax(logits, self.tau, hard=self.hard, generator=self.generator)
         if how == "softmax":
             return torch.softmax(logits / self.tau, -1)
-        if how == "uniform":  # one-hot at a uniformly random candidate; no gradient to the logits
+        if how == "uniform":  # one-hot at a uniformly random candidate, no gradient (SuperNet.weight_sampling)
             i = torch.randint(logits.numel(), (1,), generator=self.generator,
                               device=self.generator.device if self.generator is not None else "cpu")
             return torch.zeros_like(logits.detach()).scatter_(-1, i.to(logits.device), 1.0)

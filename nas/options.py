@@ -16,8 +16,8 @@ from nas.architect import OPTIMIZERS, Architect
 from nas.penalty import PENALTY_KINDS, PENALTY_SOURCES
 from nas.schedule import SCHEDULE_KINDS
 
-DERIVATIONS = ("argmax", "budget")
-WEIGHT_SAMPLINGS = ("arch", "uniform")  # SuperNet.weight_sampling: the subnets the weight steps train  # the genotype: the argmax, or the most probable within the budget
+DERIVATIONS = ("argmax", "budget")  # the genotype: the argmax, or the most probable within the budget
+WEIGHT_SAMPLINGS = ("arch", "uniform")  # SuperNet.weight_sampling: the subnets the weight steps train
 
 CHOICES = {"mode": Architect.MODES, "derivation": DERIVATIONS, "arch_optimizer": OPTIMIZERS,
            "tau_schedule": SCHEDULE_KINDS, "penalty": PENALTY_KINDS, "penalty_source": PENALTY_SOURCES,
