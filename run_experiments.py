@@ -203,12 +203,17 @@ class Runner:
         return None
 
     def retrain(self, s, genotype: Optional[Path]) -> None:
-        d = self.exp.sys_dir(s.name)
-        if (d / "size.json").is_file():
-            return
-        if s.kind == "onnx":
-            self.export_onnx(s)
-            return
+        """Train (fp32), fine-tune and export (the others) or export to ONNX each run of ``s`` that has no
+        size.json yet: its own, then one per extra seed (:meth:`runner.experiment.Experiment.runs`)."""
+        for d, seed in self.exp.runs(s):
+            if (d / "size.json").is_file():
+                continue
+            if s.kind == "onnx":
+                self.export_onnx(s)
+            else:
+                self.retrain_run(s, genotype, d, seed)
+
+    def retrain_run(self, s, genotype: Optional[Path], d: Path, seed: Optional[int]) -> None:
         cmd = [PY, "retrain.py", "--data-dir", self.data_dir, "--space", s.space, "--out", str(d),
                "--device", self.device] + self.progress_args
         rc = self.retrain_config
@@ -232,7 +237,12 @@ class Runner:
         if has_checkpoint(d / "checkpoint.pt"):
             cmd += ["--resume"]
         what = "train" if s.kind == "fp32" else "fine-tune (QAT) and export"
-        run(cmd + self.extra_retrain + [str(a) for a in s.retrain_args], d / "log.txt", self.console, what)
+        extra = self.extra_retrain + [str(a) for a in s.retrain_args]
+        if seed is not None:  # last: over any --seed of the config's retrain_args
+            extra += ["--seed", str(seed)]
+            what += f" (seed {seed})"
+        d.mkdir(parents=True, exist_ok=True)
+        run(cmd + extra, d / "log.txt", self.console, what)
 
     def search_subnet(self, s) -> Path:
         """``subnet.pt`` of the search that gave ``s`` its genotype (its own, or ``genotype_from``'s)."""
@@ -273,16 +283,17 @@ class Runner:
         return cmd + [str(a) for a in (r.decode_args if r.decode_args is not None else self.extra_decode)]
 
     def decode(self, s) -> None:
-        d = self.exp.sys_dir(s.name)
-        for split in self.exp.eval_sets:
-            dd = d / f"decode_{split}"
-            if (dd / "wer.json").is_file():
-                continue
-            onnx = s.kind == "onnx"  # onnxruntime's CPU provider
-            cmd = [PY, "decode.py", "--model", str(d / ("model.onnx" if onnx else "model.safetensors")),
-                   "--out", str(dd), "--device", "cpu" if onnx else self.device,
-                   "--graph-cache", str(self.exp.out / "graphs")] + self.progress_args
-            run(cmd + self.decode_command(split), d / "log.txt", self.console, f"decode {split}")
+        for d, seed in self.exp.runs(s):
+            for split in self.exp.eval_sets:
+                dd = d / f"decode_{split}"
+                if (dd / "wer.json").is_file():
+                    continue
+                onnx = s.kind == "onnx"  # onnxruntime's CPU provider
+                cmd = [PY, "decode.py", "--model", str(d / ("model.onnx" if onnx else "model.safetensors")),
+                       "--out", str(dd), "--device", "cpu" if onnx else self.device,
+                       "--graph-cache", str(self.exp.out / "graphs")] + self.progress_args
+                what = f"decode {split}" + ("" if seed is None else f" (seed {seed})")
+                run(cmd + self.decode_command(split), d / "log.txt", self.console, what)
 
     # ----------------------------------------------------------------- table
 

@@ -13,6 +13,11 @@
   confidence interval of delta, the probability of improvement poi = P*(delta > 0) (B better than
   A), and a two-sided p-value 2 * min(P*(delta <= 0), P*(delta >= 0)). With few utterances the
   bootstrap distribution can be enumerated exactly (all n^n ordered resamples).
+* Means over runs (`compare_run_means`): when each system was trained several times (fine-tuning seeds),
+  per-utterance errors are averaged over each system's runs and both tests run on those averages with
+  utterances as segments (NIST segments differ from one pair of runs to the next). The unit of sampling
+  is the utterance; averaging over k runs shrinks, but does not remove, the spread between runs, which
+  the caller reports beside the test.
 
 Errors per utterance come from decoding/wer.py (substitutions + deletions + insertions).
 """
@@ -191,6 +196,33 @@ def compare_systems(refs: Mapping[str, Words], hyps_a: Mapping[str, Words], hyps
                           "wer_diff": 100.0 * (sum(e_a) - sum(e_b)) / max(sum(nref), 1)}
     if len(ua) >= 2:
         out["mapsswe_utterance"] = mapsswe(e_a, e_b, sum(nref), conf)
+    return out
+
+
+def compare_run_means(refs: Mapping[str, Words], runs_a: Sequence[Mapping[str, Words]],
+                      runs_b: Sequence[Mapping[str, Words]], num_samples: int = 10000, conf: float = 0.95,
+                      seed: int = 0) -> Dict[str, dict]:
+    """System A (its runs' hypotheses ``runs_a``, k_a >= 1 of them) against system B (``runs_b``) on the
+    utterances of ``refs``: per utterance, the errors are averaged over each system's runs; ``wer_a`` /
+    ``wer_b`` are the means of the runs' WERs (%), ``wer_diff`` their difference; "mapsswe" (utterance
+    segments) and "bootstrap" test it on the averaged errors. With one run each this is
+    :func:`compare_systems`'s "mapsswe_utterance" and "bootstrap"."""
+    if not runs_a or not runs_b:
+        raise ValueError("compare_run_means needs at least one run of each system")
+    ea = np.mean([[u.errors for u in utterance_errors(refs, h)] for h in runs_a], axis=0)
+    eb = np.mean([[u.errors for u in utterance_errors(refs, h)] for h in runs_b], axis=0)
+    nref = [u.ref_words for u in utterance_errors(refs, runs_a[0])]
+    n_words = int(sum(nref))
+    out: Dict[str, dict] = {"utterances": len(nref), "ref_words": n_words, "runs_a": len(runs_a),  # type: ignore
+                            "runs_b": len(runs_b)}
+    out["bootstrap"] = paired_bootstrap(ea, eb, nref, num_samples, conf, seed)
+    if len(nref) >= 2:
+        out["mapsswe"] = mapsswe(ea, eb, n_words, conf)
+    else:
+        out["mapsswe"] = {"test": "mapsswe", "segments": len(nref), "p_value": 1.0, "significant": False}
+    k = 100.0 / max(n_words, 1)
+    out["wer_a"], out["wer_b"] = k * float(ea.sum()), k * float(eb.sum())  # type: ignore
+    out["wer_diff"] = out["wer_a"] - out["wer_b"]  # type: ignore
     return out
 
 

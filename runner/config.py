@@ -93,6 +93,9 @@ class SystemSpec:
     onnx_from: Optional[str] = None
     onnx_args: List[Any] = field(default_factory=list)
     space: Optional[str] = None                  # None: the experiment's (same network, other choices)
+    # more fine-tunings of the same genotype, one per seed (retrain.py --seed k, in <name>/seed<k>/); the
+    # table gives the mean over the system's own run and these, and tests the means (docs/FILE_FORMATS.md)
+    seeds: List[Any] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -213,6 +216,13 @@ def _system(path: str, i: int, d: Dict[str, Any]) -> SystemSpec:
     if s.finetune_from_search and s.kind != "nas":
         raise ValueError(f"{where} ({s.kind}): finetune_from_search needs kind nas (a system with a search)")
     _check_budget(where, s)
+    if s.seeds:
+        if s.kind in ("fp32", "onnx"):
+            raise ValueError(f"{where} ({s.kind}): seeds are more fine-tunings of a compressed system; "
+                             f"{s.kind} has none")
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in s.seeds) \
+                or len(set(s.seeds)) != len(s.seeds):
+            raise ValueError(f"{where}: seeds must be distinct integers >= 0, got {s.seeds!r}")
     return s
 
 

@@ -4,7 +4,7 @@ what each WER change is tested against, and whether a system is finished (its fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from runner.config import ExperimentConfig, LMSystemSpec, SystemSpec
 
@@ -30,14 +30,19 @@ class Experiment:
     def sys_dir(self, name: str) -> Path:
         return self.out / name
 
+    def runs(self, s: SystemSpec) -> List[Tuple[Path, Optional[int]]]:
+        """(directory, seed) of each fine-tuning of ``s``: its own (seed None: the config's) first, then
+        one ``seed<k>`` subdirectory per extra seed."""
+        d = self.sys_dir(s.name)
+        return [(d, None)] + [(d / f"seed{k}", k) for k in s.seeds]
+
     def fp32_model(self) -> Path:
         return self.sys_dir("fp32") / "model.pt"
 
     def finished(self, s: SystemSpec) -> bool:
-        """Packed (size.json) and decoded on every evaluated set."""
-        d = self.sys_dir(s.name)
-        return (d / "size.json").is_file() and all((d / f"decode_{sp}" / "wer.json").is_file()
-                                                   for sp in self.eval_sets)
+        """Packed (size.json) and decoded on every evaluated set, in every run (:meth:`runs`)."""
+        return all((d / "size.json").is_file() and all((d / f"decode_{sp}" / "wer.json").is_file()
+                                                       for sp in self.eval_sets) for d, _ in self.runs(s))
 
     def finished_named(self, name: str) -> bool:
         return any(self.finished(s) for s in self.systems if s.name == name)

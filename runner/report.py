@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from decoding.significance import compare_systems
+from decoding.significance import compare_run_means, compare_systems
 from decoding.wer import corpus_wer, read_text_file
 from runner.console import Console
 from runner.experiment import Experiment
@@ -28,6 +28,28 @@ def compare_dirs(d: Path, ref_dir: Path):
     cmp = compare_systems(refs, hyp, base)
     delta = corpus_wer(refs, hyp)["wer"] - corpus_wer(refs, base)["wer"]
     return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], delta
+
+
+def compare_run_dirs(dirs: List[Path], ref_dirs: List[Path]):
+    """:func:`compare_dirs` for systems fine-tuned more than once: the change of the runs' mean WER and
+    the tests of :func:`decoding.significance.compare_run_means` (utterance segments); with one run each,
+    :func:`compare_dirs` itself (NIST segments)."""
+    if len(dirs) == 1 and len(ref_dirs) == 1:
+        return compare_dirs(dirs[0], ref_dirs[0])
+    refs = read_text_file(str(dirs[0] / "refs.txt"))
+    cmp = compare_run_means(refs, [read_text_file(str(d / "hyps.txt")) for d in dirs],
+                            [read_text_file(str(d / "hyps.txt")) for d in ref_dirs])
+    return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], cmp["wer_diff"]
+
+
+def wer_cell(r: Dict[str, Any], sp: str) -> str:
+    """A row's WER on ``sp``: the mean over its runs, with their sample standard deviation and count."""
+    runs = r.get(f"wer_{sp}_runs") or [r[f"wer_{sp}"]]
+    if len(runs) == 1:
+        return f"{r[f'wer_{sp}']:.2f}"
+    m = sum(runs) / len(runs)
+    sd = (sum((x - m) ** 2 for x in runs) / (len(runs) - 1)) ** 0.5
+    return f"{r[f'wer_{sp}']:.2f} ±{sd:.2f} ({len(runs)} runs)"
 
 
 class Report:
@@ -47,9 +69,12 @@ class Report:
              "mean_bits": sum(bits) / len(bits), "bottlenecks": "/".join(str(x) for x in dims),
              "bytes": size["file_bytes"], "payload_bytes": size["payload_bytes"],
              "ratio": size["fp32_bytes"] / size["payload_bytes"]}
+        runs = [rd for rd, _ in self.exp.runs(s)]
+        r["runs"] = len(runs)
         for split in self.exp.eval_sets:
-            w = json.load(open(d / f"decode_{split}" / "wer.json"))
-            r[f"wer_{split}"] = w["wer"]  # percent
+            wers = [json.load(open(rd / f"decode_{split}" / "wer.json"))["wer"] for rd in runs]  # percent
+            r[f"wer_{split}"] = sum(wers) / len(wers)
+            r[f"wer_{split}_runs"] = wers
             r[f"p_{split}"], r[f"p_boot_{split}"], r[f"delta_{split}"] = self.significance(
                 s.name, split, s.reference)
         r["reference"] = s.reference or self.exp.reference
@@ -60,10 +85,16 @@ class Report:
         the experiment's reference system) on ``split``; Nones for the reference itself or while the
         reference is not decoded."""
         reference = reference or self.exp.reference
-        ref_dir = self.exp.sys_dir(reference) / f"decode_{split}"
-        if name == reference or not (ref_dir / "hyps.txt").is_file():
+        dirs, ref_dirs = self.decode_dirs(name, split), self.decode_dirs(reference, split)
+        if name == reference or not all((d / "hyps.txt").is_file() for d in ref_dirs):
             return None, None, None
-        return compare_dirs(self.exp.sys_dir(name) / f"decode_{split}", ref_dir)
+        return compare_run_dirs(dirs, ref_dirs)
+
+    def decode_dirs(self, name: str, split: str) -> List[Path]:
+        """``decode_<split>`` of every run of system ``name`` (one, or one per fine-tuning seed)."""
+        s = next((x for x in self.exp.systems if x.name == name), None)
+        runs = self.exp.runs(s) if s is not None else [(self.exp.sys_dir(name), None)]
+        return [d / f"decode_{split}" for d, _ in runs]
 
     def system_row(self, am: str, l) -> Dict[str, Any]:
         """One (acoustic model, LM) system: bytes of each (cost-model payloads, and the files on disk), the
@@ -143,7 +174,7 @@ class Report:
         """One line for a finished system: size, ratio, WER per split and its change against the reference."""
         parts = [f"{r['system']}: {r['bytes']:,} bytes ({r['ratio']:.1f}x)"]
         for sp in self.exp.eval_sets:
-            cell = f"{sp} {r[f'wer_{sp}']:.2f}%"
+            cell = f"{sp} {wer_cell(r, sp)}%"
             if r.get(f"p_{sp}") is not None:
                 cell += f" ({r[f'delta_{sp}']:+.2f} vs {r['reference']}, p={r[f'p_{sp}']:.3f})"
             parts.append(cell)
@@ -178,7 +209,7 @@ class Report:
         for r in rows:
             cells = [r["system"], r["bits"], r["bottlenecks"] or "-", f"{r['bytes']:,}", f"{r['ratio']:.1f}x"]
             for sp in self.exp.eval_sets:
-                cells.append(f"{r[f'wer_{sp}']:.2f}")
+                cells.append(wer_cell(r, sp))
                 if r["system"] == self.exp.reference:
                     cells.append("(reference)")
                     continue

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from decoding.significance import compare_systems, mapsswe, nist_segments, paired_bootstrap
+from decoding.significance import compare_run_means, compare_systems, mapsswe, nist_segments, paired_bootstrap
 
 
 def test_mapsswe_by_hand():
@@ -68,6 +68,28 @@ def test_compare_systems_end_to_end():
     assert r["mapsswe_utterance"]["mean_diff"] == pytest.approx(2 / 3)
     # NIST segments: "a" -> one segment (deletion of Z, A 1 / B 0), "b" -> (W for Q, 1 / 0); "c" clean
     assert r["mapsswe"]["segments"] == 2 and r["mapsswe"]["mean_diff"] == pytest.approx(1.0)
+
+
+def test_compare_run_means_by_hand():
+    refs = {"a": "X Y Z", "b": "P Q", "c": "R"}
+    a_runs = [{"a": "X Y", "b": "P W", "c": "R"},   # errors 1 1 0
+              {"a": "X Y Z", "b": "P Q", "c": "S"}]  # errors 0 0 1 -> mean 0.5 0.5 0.5
+    b_runs = [{"a": "X Y Z", "b": "P Q", "c": "S"}]  # errors 0 0 1
+    r = compare_run_means(refs, a_runs, b_runs, num_samples=100)
+    assert (r["runs_a"], r["runs_b"], r["ref_words"]) == (2, 1, 6)
+    assert r["wer_a"] == pytest.approx((100 * 2 / 6 + 100 * 1 / 6) / 2)  # the mean of the runs' WERs
+    assert r["wer_diff"] == pytest.approx(100 * (1.5 - 1) / 6)
+    # per-utterance differences z = 0.5, 0.5, -0.5: mu = 1/6, s^2 = 1/3, se = 1/3, W = 0.5
+    assert r["mapsswe"]["mean_diff"] == pytest.approx(1 / 6) and r["mapsswe"]["W"] == pytest.approx(0.5)
+    assert r["mapsswe"]["p_value"] == pytest.approx(math.erfc(0.5 / math.sqrt(2)))
+    assert r["bootstrap"]["exact"] and r["bootstrap"]["wer_diff"] == pytest.approx(r["wer_diff"])
+    # one run each: the utterance-segment MAPSSWE and the bootstrap of compare_systems
+    one = compare_run_means(refs, a_runs[:1], b_runs, num_samples=100)
+    ref = compare_systems(refs, a_runs[0], b_runs[0], num_samples=100)
+    assert one["mapsswe"]["p_value"] == pytest.approx(ref["mapsswe_utterance"]["p_value"])
+    assert one["bootstrap"]["p_value"] == pytest.approx(ref["bootstrap"]["p_value"])
+    with pytest.raises(ValueError, match="at least one run"):
+        compare_run_means(refs, [], b_runs)
 
 
 def test_nist_segmentation_by_hand():

@@ -345,6 +345,9 @@ def test_inherited_switches_are_resolved_once_and_checked(tmp_path):
     ({"name": "u", "kind": "uniform", "bits": "4"}, r"system u: bits must be an integer, got '4'"),
     ({"name": "u", "kind": "uniform", "bits": 4, "retrain_args": "--epochs 3"}, r"retrain_args must be a list"),
     ({"name": "k", "kind": "kl", "budget_ratio": 0.5}, r"budget_ratio must be a finite number >= 1"),
+    ({"name": "u", "kind": "uniform", "bits": 4, "seeds": [1, 1]}, r"seeds must be distinct integers >= 0"),
+    ({"name": "u", "kind": "uniform", "bits": 4, "seeds": ["1"]}, r"seeds must be distinct integers >= 0"),
+    ({"name": "f", "kind": "fp32", "seeds": [1]}, r"system f \(fp32\): seeds are more fine-tunings"),
 ])
 def test_system_values_are_typed(tmp_path, system, message):
     with pytest.raises(ValueError, match=message):
@@ -363,3 +366,61 @@ def test_shipped_experiment_configs_load_and_their_spaces_share_one_network():
         base = load_search_space(cfg.space, num_pdfs=80).network
         for s in cfg.systems:  # one fp32 baseline serves every system: same network in every space
             assert load_search_space(s.space, num_pdfs=80).network == base, (p.name, s.name)
+
+
+def write_decode(d: Path, refs, hyps) -> None:
+    d.mkdir(parents=True)
+    (d / "refs.txt").write_text("".join(f"u{i} {r}\n" for i, r in enumerate(refs)))
+    (d / "hyps.txt").write_text("".join(f"u{i} {x}\n" for i, x in enumerate(hyps)))
+    words = sum(len(r.split()) for r in refs)
+    errs = sum(sum(a != b for a, b in zip(r.split(), h.split())) for r, h in zip(refs, hyps))  # substitutions only
+    (d / "wer.json").write_text(json.dumps({"wer": 100.0 * errs / words}))
+
+
+def test_seeds_fine_tune_the_genotype_again_and_the_table_gives_the_mean(tmp_path, monkeypatch):
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                          {"name": "ref", "kind": "uniform", "bits": 32},
+                                          {"name": "kl", "kind": "kl", "budget_ratio": 8, "seeds": [1, 2],
+                                           "retrain_args": ["--seed", 7]}],
+                               reference="ref", splits=["dev"]))
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    kl = cfg.systems[2]
+    exp = tmp_path / "exp"
+    (exp / "kl").mkdir(parents=True)
+    (exp / "kl" / "genotype_in.json").write_text("{}")
+    cmds = []
+    monkeypatch.setattr(rx, "run", lambda cmd, log_file, *a: cmds.append((log_file.parent, cmd)))
+    runner.retrain(kl, runner.genotype(kl))
+    assert [d for d, _ in cmds] == [exp / "kl", exp / "kl" / "seed1", exp / "kl" / "seed2"]
+    for d, cmd in cmds:  # the same genotype and start; the run's seed last, over the system's own --seed
+        assert cmd[cmd.index("--genotype") + 1] == str(exp / "kl" / "genotype_in.json")
+        assert cmd[cmd.index("--out") + 1] == str(d)
+        assert cmd[-2:] == (["--seed", "7"] if d.name == "kl" else ["--seed", d.name[4:]])
+    # finished only when every run is packed and decoded
+    refs = ["A B C D", "E F G H", "I J"]
+    write_decode(exp / "ref" / "decode_dev", refs, refs)
+    (exp / "ref" / "size.json").write_text("{}")
+    runs = {"kl": ["A B C X", "E F G H", "I J"], "kl/seed1": ["A B C X", "E F G Y", "I J"]}
+    for name, hyps in runs.items():
+        write_decode(exp / name / "decode_dev", refs, hyps)
+        (exp / name / "size.json").write_text(json.dumps({"file_bytes": 10, "payload_bytes": 8, "fp32_bytes": 64}))
+    (exp / "kl" / "genotype.json").write_text(json.dumps({"layers": [{"bits": 4}]}))
+    assert not runner.exp.finished(kl)
+    write_decode(exp / "kl" / "seed2" / "decode_dev", refs, ["A B C X", "E F G H", "Z J"])
+    (exp / "kl" / "seed2" / "size.json").write_text("{}")
+    assert runner.exp.finished(kl)
+    r = runner.report.row(kl)
+    # 1, 2 and 2 errors in 10 words: the mean WER and the change of the means (the reference makes none)
+    assert r["runs"] == 3 and r["wer_dev_runs"] == pytest.approx([10.0, 20.0, 20.0])
+    assert r["wer_dev"] == pytest.approx(50 / 3) and r["delta_dev"] == pytest.approx(50 / 3)
+    from decoding.significance import compare_run_means
+    from decoding.wer import read_text_file
+
+    ref = compare_run_means(read_text_file(str(exp / "ref" / "decode_dev" / "refs.txt")),
+                            [read_text_file(str(exp / name / "decode_dev" / "hyps.txt"))
+                             for name in ("kl", "kl/seed1", "kl/seed2")],
+                            [read_text_file(str(exp / "ref" / "decode_dev" / "hyps.txt"))])
+    assert r["p_dev"] == pytest.approx(ref["mapsswe"]["p_value"])
+    from runner.report import wer_cell
+
+    assert wer_cell(r, "dev") == "16.67 ±5.77 (3 runs)"
