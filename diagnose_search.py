@@ -14,8 +14,9 @@
             --systems exp/paper_demo/* --out o.json
         for every finished system (genotype.json + decode_dev/wer.json): the dev LF-MMI objective of its
         subnet with the supernet's inherited weights (BatchNorm statistics recalibrated on training
-        batches) against its retrained dev WER; Kendall's tau and Spearman's rho between the two rankings
-        (does the supernet rank architectures the way retraining does?).
+        batches) against its retrained dev WER (the mean over its fine-tunings: the system's own and
+        those in its seed<k>/ dirs, run_experiments.py's seeds); Kendall's tau and Spearman's rho between
+        the two rankings (does the supernet rank architectures the way retraining does?).
 """
 from __future__ import annotations
 
@@ -166,6 +167,15 @@ def kendall_tau(a, b) -> float:
     return (conc - disc) / den if den > 0 else float("nan")
 
 
+def retrained_dev_wers(d: Path) -> list:
+    """Dev WER (%) of each fine-tuning of the run_experiments.py system in ``d``: its own
+    (``decode_dev/wer.json``), then those of its ``seed<k>/`` dirs in seed order."""
+    seeds = sorted((int(p.name[4:]), p) for p in d.glob("seed*") if p.name[4:].isdigit()
+                   and (p / "decode_dev" / "wer.json").is_file())
+    files = [d / "decode_dev" / "wer.json"] + [p / "decode_dev" / "wer.json" for _, p in seeds]
+    return [float(json.loads(f.read_text())["wer"]) for f in files]
+
+
 def oneshot(args) -> dict:
     corpus = load_corpus(args.data_dir)
     cfg = load_sections(args.config, ("train", "lfmmi", "quant", "search", "distill"))
@@ -204,11 +214,12 @@ def oneshot(args) -> dict:
                     break
                 net(b["feats"], b["lengths"])
         objf = ev.objf(net, "dev")["objf_per_frame"]
-        wer = float(json.loads(wf.read_text())["wer"])
+        wers = retrained_dev_wers(d)
+        wer = sum(wers) / len(wers)
         rows.append({"system": d.name, "inherited_dev_objf": objf, "retrained_dev_wer": wer,
-                     "bytes": g.size_bytes(space)})
+                     "retrained_dev_wer_runs": wers, "bytes": g.size_bytes(space)})
         print(f"{d.name:16s} {rows[-1]['bytes']:>9,d} bytes  inherited dev objf {objf:8.4f}  "
-              f"retrained dev WER {wer:6.2f}")
+              f"retrained dev WER {wer:6.2f} ({len(wers)} run{'s' if len(wers) > 1 else ''})")
     loss = [-r["inherited_dev_objf"] for r in rows]
     wer = [r["retrained_dev_wer"] for r in rows]
     out = {"search": str(sdir), "bn_batches": args.bn_batches, "systems": rows, "skipped": skipped,

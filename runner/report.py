@@ -42,14 +42,14 @@ def compare_run_dirs(dirs: List[Path], ref_dirs: List[Path]):
     return cmp["mapsswe"]["p_value"], cmp["bootstrap"]["p_value"], cmp["wer_diff"]
 
 
-def wer_cell(r: Dict[str, Any], sp: str) -> str:
+def wer_cell(r: Dict[str, Any], sp: str, unit: str = "") -> str:
     """A row's WER on ``sp``: the mean over its runs, with their sample standard deviation and count."""
     runs = r.get(f"wer_{sp}_runs") or [r[f"wer_{sp}"]]
     if len(runs) == 1:
-        return f"{r[f'wer_{sp}']:.2f}"
+        return f"{r[f'wer_{sp}']:.2f}{unit}"
     m = sum(runs) / len(runs)
     sd = (sum((x - m) ** 2 for x in runs) / (len(runs) - 1)) ** 0.5
-    return f"{r[f'wer_{sp}']:.2f} ±{sd:.2f} ({len(runs)} runs)"
+    return f"{r[f'wer_{sp}']:.2f}{unit} ±{sd:.2f} ({len(runs)} runs)"
 
 
 class Report:
@@ -174,7 +174,7 @@ class Report:
         """One line for a finished system: size, ratio, WER per split and its change against the reference."""
         parts = [f"{r['system']}: {r['bytes']:,} bytes ({r['ratio']:.1f}x)"]
         for sp in self.exp.eval_sets:
-            cell = f"{sp} {wer_cell(r, sp)}%"
+            cell = f"{sp} {wer_cell(r, sp, '%')}"
             if r.get(f"p_{sp}") is not None:
                 cell += f" ({r[f'delta_{sp}']:+.2f} vs {r['reference']}, p={r[f'p_{sp}']:.3f})"
             parts.append(cell)
