@@ -209,9 +209,10 @@ def compare_run_means(refs: Mapping[str, Words], runs_a: Sequence[Mapping[str, W
     :func:`compare_systems`'s "mapsswe_utterance" and "bootstrap"."""
     if not runs_a or not runs_b:
         raise ValueError("compare_run_means needs at least one run of each system")
-    ea = np.mean([[u.errors for u in utterance_errors(refs, h)] for h in runs_a], axis=0)
+    ua = [utterance_errors(refs, h) for h in runs_a]
+    ea = np.mean([[u.errors for u in utts] for utts in ua], axis=0)
     eb = np.mean([[u.errors for u in utterance_errors(refs, h)] for h in runs_b], axis=0)
-    nref = [u.ref_words for u in utterance_errors(refs, runs_a[0])]
+    nref = [u.ref_words for u in ua[0]]
     n_words = int(sum(nref))
     out: Dict[str, dict] = {"utterances": len(nref), "ref_words": n_words, "runs_a": len(runs_a),  # type: ignore
                             "runs_b": len(runs_b)}

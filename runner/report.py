@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -47,9 +48,7 @@ def wer_cell(r: Dict[str, Any], sp: str, unit: str = "") -> str:
     runs = r.get(f"wer_{sp}_runs") or [r[f"wer_{sp}"]]
     if len(runs) == 1:
         return f"{r[f'wer_{sp}']:.2f}{unit}"
-    m = sum(runs) / len(runs)
-    sd = (sum((x - m) ** 2 for x in runs) / (len(runs) - 1)) ** 0.5
-    return f"{r[f'wer_{sp}']:.2f}{unit} ±{sd:.2f} ({len(runs)} runs)"
+    return f"{r[f'wer_{sp}']:.2f}{unit} ±{statistics.stdev(runs):.2f} ({len(runs)} runs)"
 
 
 class Report:
