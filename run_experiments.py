@@ -176,8 +176,8 @@ class Runner:
             sd = d / "search"
             cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", s.space, "--out", str(sd),
                    "--budget-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
-            if self.search_config:
-                cmd += ["--config", self.search_config]
+            if s.search_config or self.search_config:
+                cmd += ["--config", s.search_config or self.search_config]
             if s.search_from_fp32:
                 cmd += ["--init-from", str(self.exp.fp32_model())]
             if s.distill_from_fp32:
@@ -408,9 +408,13 @@ class Runner:
         self.report.write_system_table(rows)
         return rows
 
+    def finished_rows(self) -> List[Dict[str, Any]]:
+        """A row for every finished system of the config, in the config's order."""
+        return [self.report.row(s) for s in self.cfg.systems if self.exp.finished(s)]
+
     def table_only(self) -> List[Dict[str, Any]]:
         """Write the table from the systems already finished; run nothing."""
-        rows = [self.report.row(s) for s in self.cfg.systems if self.exp.finished(s)]
+        rows = self.finished_rows()
         missing = [s.name for s in self.cfg.systems if not self.exp.finished(s)]
         if missing:
             log.info("not finished (left out of the table): %s", missing)
@@ -467,8 +471,9 @@ class Runner:
                     lock.release()
             rows.append(self.report.row(s))
             self.report.write_table(rows, show=False)
-        if rows:  # once more with every row fresh: rows written early lacked the later reference's tests
-            rows = [self.report.row(s) for s in order if self.exp.finished(s)]
+        if rows:  # once more with every row fresh (rows written early lacked the later reference's tests),
+            # and with every finished system of the config: a run with --only does not shrink the table
+            rows = self.finished_rows()
             self.report.write_table(rows)
         if self.cfg.lm is not None and (not only or "lm" in only):
             self.run_lm_part()

@@ -193,6 +193,12 @@ def main(argv=None):
                                    total=float(topts.epochs), kind=sopts.tau_schedule,
                                    warmup=min(float(sopts.warmup_epochs), 0.5 * float(topts.epochs)))
     entropy = RampSchedule(float(sopts.entropy_weight), float(sopts.warmup_epochs), float(topts.epochs))
+    if sopts.weights == "frozen":  # only the logits learn; no semi-orthogonal step moves the weights either
+        if not args.init_from:
+            raise SystemExit("search.weights: frozen needs --init-from (the model whose weights are searched)")
+        for p in net.weight_parameters():
+            p.requires_grad_(False)
+        topts = topts.replace(orth_every=0)
     if sopts.mode == "bilevel":
         net.arch_grad = False  # weight steps compute only the sampled subnet; the logits learn on held-out data
         net.weight_sampling = sopts.weight_sampling

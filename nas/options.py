@@ -18,10 +18,11 @@ from nas.schedule import SCHEDULE_KINDS
 
 DERIVATIONS = ("argmax", "budget")  # the genotype: the argmax, or the most probable within the budget
 WEIGHT_SAMPLINGS = ("arch", "uniform")  # SuperNet.weight_sampling: the subnets the weight steps train
+WEIGHTS = ("train", "frozen")  # the shared weights: trained with the logits, or held at their start
 
 CHOICES = {"mode": Architect.MODES, "derivation": DERIVATIONS, "arch_optimizer": OPTIMIZERS,
            "tau_schedule": SCHEDULE_KINDS, "penalty": PENALTY_KINDS, "penalty_source": PENALTY_SOURCES,
-           "init": INITS, "weight_sampling": WEIGHT_SAMPLINGS}
+           "init": INITS, "weight_sampling": WEIGHT_SAMPLINGS, "weights": WEIGHTS}
 
 
 @dataclass
@@ -46,6 +47,10 @@ class SearchOptions:
     # the subnets the weight steps train: "arch" samples the architecture distribution (so the sharp last
     # epochs train mostly its argmax), "uniform" a uniformly random subnet at every step (bilevel only)
     weight_sampling: str = "arch"
+    # "frozen": the shared weights stay as they start (--init-from, e.g. the fp32 baseline) and only the
+    # logits learn, from the training batches' own gradient (mode: single, no warm-up): the search is then
+    # a joint, task-loss sensitivity of the start model to every layer's choice (docs/SEARCH.md)
+    weights: str = "train"
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "SearchOptions":
@@ -88,6 +93,10 @@ class SearchOptions:
         if self.weight_sampling == "uniform" and self.mode != "bilevel":
             raise ValueError("search.weight_sampling: uniform needs mode: bilevel (single-level mode learns the "
                              "logits from the weight steps' own samples)")
+        if self.weights == "frozen" and (self.mode != "single" or self.warmup_epochs != 0):
+            raise ValueError("search.weights: frozen needs mode: single and warmup_epochs: 0 (no weight steps to "
+                             f"warm up or to hold a split out for), got mode {self.mode!r}, warmup_epochs "
+                             f"{self.warmup_epochs!r}")
         band = self.penalty_band
         if not (isinstance(band, (list, tuple)) and len(band) == 2
                 and all(not isinstance(x, bool) and isinstance(x, (int, float)) for x in band)

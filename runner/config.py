@@ -79,6 +79,7 @@ class SystemSpec:
     genotype_from: Optional[str] = None          # the same genotype as another system (e.g. more epochs)
     retrain_config: Optional[str] = None         # instead of the experiment's retrain/finetune config
     retrain_args: List[Any] = field(default_factory=list)
+    search_config: Optional[str] = None          # nas: instead of the experiment's search config
     search_args: List[Any] = field(default_factory=list)
     sensitivity_args: List[Any] = field(default_factory=list)
     search_bottleneck: bool = True

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from tests.conftest import INVALID_BITS, run_and_kill_after_checkpoints, run_cli
+from tests.conftest import INVALID_BITS, run_and_kill_after_checkpoints, run_cli, run_cli_fail
 from training import checkpoint as ckpt
 
 
@@ -126,3 +126,39 @@ def check_subnet_file(search_dir, corpus_dir):
     with torch.no_grad():
         a, b = net(x, lengths)[0], sub(x, lengths)[0]
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), float((a - b).abs().max())
+
+
+def test_frozen_weight_search_moves_only_the_logits(tiny_corpus, small_train_config, tmp_path):
+    """search.weights: frozen: every weight (and its BatchNorm statistics aside, nothing else) stays the
+    --init-from model's, no semi-orthogonal step touches it, and the logits learn from the task gradient."""
+    from search_spaces.space import load_search_space
+    from supernet.network import SuperNet
+    from training.experiment import load_corpus
+    from training.model_io import init_from
+
+    start = tmp_path / "fp32"
+    run_cli(["retrain.py", "--data-dir", tiny_corpus, "--config", small_train_config, "--max-steps", 2,
+             "--no-progress", "--out", start])
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(open(small_train_config).read() + "search:\n  mode: single\n  weights: frozen\n"
+                   "  warmup_epochs: 0\n  penalty_weight: 0.0\n  arch_lr: 0.1\n")
+    out = tmp_path / "search"
+    run_cli(["train_search.py", "--data-dir", tiny_corpus, "--config", cfg, "--init-from", start / "model.pt",
+             "--target-ratio", 8, "--max-steps", 5, "--no-progress", "--out", out])
+    corpus = load_corpus(tiny_corpus)
+    space = load_search_space("tdnnf_demo", num_pdfs=corpus.num_pdfs)
+    ref = SuperNet.from_space(space)
+    init_from(ref, str(start / "model.pt"), "pca")  # the weights the search started from
+    state = ckpt.load(out / "checkpoint.pt")["model"]
+    weights = {n for n, _ in ref.named_parameters() if not n.startswith("arch.")}
+    assert weights
+    for n in weights:
+        assert torch.equal(state[n], ref.state_dict()[n]), n
+    logits = [n for n in state if n.startswith("arch.")]
+    assert logits and any(not torch.equal(state[n], ref.state_dict()[n]) for n in logits)
+    # the option refuses the settings it cannot honour
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(small_train_config).read() + "search:\n  weights: frozen\n")
+    r = run_cli_fail(["train_search.py", "--data-dir", tiny_corpus, "--config", bad, "--init-from",
+                      start / "model.pt", "--max-steps", 1, "--no-progress", "--out", tmp_path / "bad"])
+    assert "weights: frozen needs mode: single" in r.stderr

@@ -97,3 +97,17 @@ def test_sigterm_to_the_runner_stops_its_stage(tmp_path):
     except ProcessLookupError:
         alive = False
     assert not alive, "the stage outlived its runner"
+
+
+def test_a_run_of_some_systems_keeps_every_finished_system_in_the_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(rx.Report, "plot", lambda self, rows: None)
+    cfg = {"data_dir": "d", "splits": ["dev"], "systems": [{"name": "fp32", "kind": "fp32"},
+                                                          {"name": "fp32_b", "kind": "fp32"}]}
+    out = tmp_path / "exp"
+    _finished_fp32(out)
+    b = _finished_fp32(out / "tmp")
+    os.rename(b, out / "fp32_b")
+    rows = rx.Runner(cfg, out, "cpu").run_all(only=["fp32_b"])
+    assert [r["system"] for r in rows] == ["fp32", "fp32_b"]
+    table = (out / "results.md").read_text()
+    assert "| fp32 |" in table and "| fp32_b |" in table
