@@ -178,7 +178,13 @@ class Runner:
                    "--budget-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
             if s.search_config or self.search_config:
                 cmd += ["--config", s.search_config or self.search_config]
-            if s.search_from_fp32:
+            if s.search_from:
+                start = self.exp.sys_dir(s.search_from) / "model.pt"
+                if not start.is_file():
+                    raise RuntimeError(f"system {s.name}: search_from {s.search_from!r} has no model yet "
+                                       f"({start}); run that system first")
+                cmd += ["--init-from", str(start)]
+            elif s.search_from_fp32:
                 cmd += ["--init-from", str(self.exp.fp32_model())]
             if s.distill_from_fp32:
                 cmd += ["--distill-from", str(self.exp.fp32_model())]

@@ -80,6 +80,10 @@ class SystemSpec:
     retrain_config: Optional[str] = None         # instead of the experiment's retrain/finetune config
     retrain_args: List[Any] = field(default_factory=list)
     search_config: Optional[str] = None          # nas: instead of the experiment's search config
+    # nas: the search's weights start from this system's model.pt (a system listed before it, e.g. a
+    # uniform QAT model: the search then judges each layer's bits around that operating point) instead
+    # of the fp32 baseline's
+    search_from: Optional[str] = None
     search_args: List[Any] = field(default_factory=list)
     sensitivity_args: List[Any] = field(default_factory=list)
     search_bottleneck: bool = True
@@ -190,6 +194,9 @@ class ExperimentConfig:
                 raise ValueError(f"{path}: duplicate system name {s.name!r}")
             if s.kind == "onnx" and s.onnx_from not in names:
                 raise ValueError(f"{path}: system {s.name} (onnx) needs onnx_from naming a system listed before it")
+            if s.search_from is not None and (s.kind != "nas" or s.search_from not in names):
+                raise ValueError(f"{path}: system {s.name}: search_from needs kind nas and a system listed "
+                                 f"before it, got kind {s.kind!r}, search_from {s.search_from!r}")
             names.add(s.name)
             for k in ("search_from_fp32", "finetune_from_fp32", "distill_from_fp32", "space"):
                 if getattr(s, k) is None:

@@ -424,3 +424,30 @@ def test_seeds_fine_tune_the_genotype_again_and_the_table_gives_the_mean(tmp_pat
     from runner.report import wer_cell
 
     assert wer_cell(r, "dev") == "16.67 ±5.77 (3 runs)"
+
+
+def test_a_search_takes_its_config_and_its_start_from_the_system(tmp_path, monkeypatch):
+    for bad, got in (({"kind": "kl", "budget_ratio": 8, "search_from": "fp32"}, "kind 'kl'"),
+                     ({"kind": "nas", "budget_ratio": 8, "search_from": "later"}, "search_from 'later'")):
+        with pytest.raises(ValueError, match=f"x: search_from needs kind nas and a system listed before it, "
+                                             f"got .*{got}"):
+            rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"}, {"name": "x", **bad}]))
+    cfg = rx.load_config(write(tmp_path, [{"name": "fp32", "kind": "fp32"},
+                                          {"name": "u3", "kind": "uniform", "bits": 3},
+                                          {"name": "nas", "kind": "nas", "budget_bytes": 1000},
+                                          {"name": "nas_op", "kind": "nas", "budget_bytes": 1000, "search_from": "u3",
+                                           "search_config": "frozen.yaml"}], search_config="top.yaml"))
+    runner = rx.Runner(cfg, tmp_path / "exp", "cpu")
+    cmds = record_commands(monkeypatch)
+    runner.genotype(cfg.systems[2])
+    with pytest.raises(RuntimeError, match="nas_op: search_from 'u3' has no model yet"):
+        runner.genotype(cfg.systems[3])
+    (tmp_path / "exp" / "u3").mkdir(parents=True)
+    (tmp_path / "exp" / "u3" / "model.pt").write_text("")
+    runner.genotype(cfg.systems[3])
+    plain, op = cmds["nas:train_search.py"], cmds["nas_op:train_search.py"]
+    assert plain[plain.index("--config") + 1] == "top.yaml"
+    assert plain[plain.index("--init-from") + 1] == str(runner.exp.fp32_model())
+    assert op[op.index("--config") + 1] == "frozen.yaml" and op.count("--config") == 1
+    assert op[op.index("--init-from") + 1] == str(tmp_path / "exp" / "u3" / "model.pt")
+    assert op.count("--init-from") == 1
