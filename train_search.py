@@ -144,6 +144,8 @@ def parse_args(argv=None):
                         "uniformly random one at every step, whatever the architecture distribution)")
     p.add_argument("--penalty-weight", type=number(minimum=0), default=None,
                    help="override search.penalty_weight (0: no size penalty, a diagnostic of the task signal)")
+    p.add_argument("--penalty-band", type=number(minimum=0), nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="override search.penalty_band: the band of the budget the argmax size must land in")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=number(minimum=1, integer=True), default=None)
@@ -161,7 +163,7 @@ def main(argv=None):
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
     sopts = config_section(args.config, SearchOptions.from_dict, cfg.get("search"))
     sopts = sopts.replace(mode=args.mode, penalty_weight=args.penalty_weight,  # flags over YAML
-                          weight_sampling=args.weight_sampling)
+                          weight_sampling=args.weight_sampling, penalty_band=args.penalty_band)
     topts = topts.replace(seed=args.seed, epochs=args.epochs, max_steps=args.max_steps)
     lfmmi_cfg = cfg.get("lfmmi")
     config_section(args.config, lfmmi_options, lfmmi_cfg)  # checked now: an error names the file

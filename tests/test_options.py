@@ -43,6 +43,9 @@ def test_overrides_keep_unset_flags_and_are_checked():
     assert o.replace(penalty_weight=0.0).penalty_weight == 0.0 and o.penalty_weight == 3.0
     with pytest.raises(ValueError, match="penalty_weight"):
         o.replace(penalty_weight=-1.0)
+    assert o.replace(penalty_band=[0.99, 1.0]).penalty_band == [0.99, 1.0]
+    with pytest.raises(ValueError, match="penalty_band"):
+        o.replace(penalty_band=[1.0, 0.9])
 
 
 def test_quant_options():
