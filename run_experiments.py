@@ -176,8 +176,9 @@ class Runner:
             sd = d / "search"
             cmd = [PY, "train_search.py", "--data-dir", self.data_dir, "--space", s.space, "--out", str(sd),
                    "--budget-bytes", str(self.budget_bytes(s)), "--device", self.device] + self.progress_args
-            if s.search_config or self.search_config:
-                cmd += ["--config", s.search_config or self.search_config]
+            search_config = s.search_config or self.search_config
+            if search_config:
+                cmd += ["--config", search_config]
             if s.search_from:
                 start = self.exp.sys_dir(s.search_from) / "model.pt"
                 if not start.is_file():

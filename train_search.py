@@ -164,6 +164,8 @@ def main(argv=None):
     sopts = config_section(args.config, SearchOptions.from_dict, cfg.get("search"))
     sopts = sopts.replace(mode=args.mode, penalty_weight=args.penalty_weight,  # flags over YAML
                           weight_sampling=args.weight_sampling, penalty_band=args.penalty_band)
+    if sopts.weights == "frozen" and not args.init_from:
+        raise SystemExit("search.weights: frozen needs --init-from (the model whose weights are searched)")
     topts = topts.replace(seed=args.seed, epochs=args.epochs, max_steps=args.max_steps)
     lfmmi_cfg = cfg.get("lfmmi")
     config_section(args.config, lfmmi_options, lfmmi_cfg)  # checked now: an error names the file
@@ -196,8 +198,6 @@ def main(argv=None):
                                    warmup=min(float(sopts.warmup_epochs), 0.5 * float(topts.epochs)))
     entropy = RampSchedule(float(sopts.entropy_weight), float(sopts.warmup_epochs), float(topts.epochs))
     if sopts.weights == "frozen":  # only the logits learn; no semi-orthogonal step moves the weights either
-        if not args.init_from:
-            raise SystemExit("search.weights: frozen needs --init-from (the model whose weights are searched)")
         for p in net.weight_parameters():
             p.requires_grad_(False)
         topts = topts.replace(orth_every=0)

@@ -129,8 +129,8 @@ def check_subnet_file(search_dir, corpus_dir):
 
 
 def test_frozen_weight_search_moves_only_the_logits(tiny_corpus, small_train_config, tmp_path):
-    """search.weights: frozen: every weight (and its BatchNorm statistics aside, nothing else) stays the
-    --init-from model's, no semi-orthogonal step touches it, and the logits learn from the task gradient."""
+    """search.weights: frozen: every weight stays the --init-from model's (no optimizer or semi-orthogonal
+    step touches it; BatchNorm statistics still update) and the logits learn from the task gradient."""
     from search_spaces.space import load_search_space
     from supernet.network import SuperNet
     from training.experiment import load_corpus
