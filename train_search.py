@@ -149,6 +149,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=number(minimum=1, integer=True), default=None)
+    p.add_argument("--warmup-epochs", type=number(minimum=0), default=None,
+                   help="override search.warmup_epochs: epochs of weights-only warm-up before the architecture "
+                        "moves (with --epochs, keeps a search's steps when an epoch holds fewer batches)")
     p.add_argument("--max-steps", type=number(minimum=1, integer=True), default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -163,7 +166,8 @@ def main(argv=None):
     topts = config_section(args.config, TrainOptions.from_dict, cfg.get("train"))
     sopts = config_section(args.config, SearchOptions.from_dict, cfg.get("search"))
     sopts = sopts.replace(mode=args.mode, penalty_weight=args.penalty_weight,  # flags over YAML
-                          weight_sampling=args.weight_sampling, penalty_band=args.penalty_band)
+                          weight_sampling=args.weight_sampling, penalty_band=args.penalty_band,
+                          warmup_epochs=args.warmup_epochs)
     if sopts.weights == "frozen" and not args.init_from:
         raise SystemExit("search.weights: frozen needs --init-from (the model whose weights are searched)")
     topts = topts.replace(seed=args.seed, epochs=args.epochs, max_steps=args.max_steps)

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The main command (README): set up, build the embedded demo corpus (with the telephone-channel
-# augmentation of configs/corpus_telephone.yaml) and the real-speech check set (the Asterisk prompts,
-# fetched from Debian's registry), then run the experiment (fp32 baseline -> architecture search ->
-# QAT retrain -> packed export -> decode on the synthetic dev/test and the real-speech set -> table).
+# augmentation of configs/corpus_telephone_mild.yaml, no speed-perturbed copies) and the real-speech check
+# set (the Asterisk prompts, fetched from Debian's registry), then run the experiment (fp32 baseline ->
+# architecture search -> QAT retrain -> packed export -> decode on the synthetic dev/test and the
+# real-speech set -> table).
 #   bash scripts/run_demo.sh                      # configs/demo.yaml
-#   CONFIG=configs/paper_demo.yaml DATA=data/synth_demo AUGMENT= bash scripts/run_demo.sh   # the paper comparison
+#   CONFIG=configs/paper_demo.yaml DATA=data/synth_demo AUGMENT= PREPARE_ARGS= bash scripts/run_demo.sh   # the paper comparison
 # Rerunning continues where a killed run stopped (finished stages are not redone).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CONFIG="${CONFIG:-configs/demo.yaml}"
-DATA="${DATA:-data/synth_tel}"
-AUGMENT="${AUGMENT-configs/corpus_telephone.yaml}"
+DATA="${DATA:-data/synth_mild_nosp}"
+AUGMENT="${AUGMENT-configs/corpus_telephone_mild.yaml}"
+# extra prepare_data.py options for the synthetic corpus (the paper configs' corpora keep the 0.9/1.1 copies)
+PREPARE_ARGS="${PREPARE_ARGS---no-speed-perturb}"
 REAL="${REAL:-data/real_asterisk}"
 DEVICE="${DEVICE:-cpu}"
 bash scripts/setup.sh
@@ -25,7 +28,7 @@ TCMALLOC="${TCMALLOC-$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/n
 T0=$(date +%s)
 if [ ! -f "$DATA/summary.json" ]; then
   .venv/bin/python prepare_data.py --corpus synth --size demo --out "$DATA" --seed 0 \
-    ${AUGMENT:+--augment-config "$AUGMENT"}
+    ${AUGMENT:+--augment-config "$AUGMENT"} $PREPARE_ARGS
 fi
 if [ ! -f "$REAL/summary.json" ]; then
   .venv/bin/python prepare_data.py --corpus asterisk --out "$REAL" --oov skip

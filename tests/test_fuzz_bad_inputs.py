@@ -105,6 +105,7 @@ ERROR_CASES = [
     ("search-target-below-space", _search("--target-bytes", "10"), {}, r"below the smallest model"),
     ("search-penalty-weight-negative", _search("--penalty-weight", "-1"), {}, r"--penalty-weight"),
     ("search-penalty-band-flag", _search("--penalty-band", "1.0", "0.9"), {}, r"search.penalty_band must be"),
+    ("search-warmup-epochs-negative", _search("--warmup-epochs", "-1"), {}, r"--warmup-epochs"),
     ("search-weights-frozen-bilevel", _search("--config", "{yaml}"), {"config.yaml": "search: {weights: frozen}\n"},
      r"weights: frozen needs mode: single"),
     ("search-mode", _search("--config", "{yaml}"), {"config.yaml": "search: {mode: trilevel}\n"},

@@ -162,3 +162,8 @@ def test_frozen_weight_search_moves_only_the_logits(tiny_corpus, small_train_con
     r = run_cli_fail(["train_search.py", "--data-dir", tiny_corpus, "--config", bad, "--init-from",
                       start / "model.pt", "--max-steps", 1, "--no-progress", "--out", tmp_path / "bad"])
     assert "weights: frozen needs mode: single" in r.stderr
+    # --warmup-epochs overrides the YAML's search.warmup_epochs (a warm-up would step frozen weights: refused)
+    r = run_cli_fail(["train_search.py", "--data-dir", tiny_corpus, "--config", cfg, "--init-from",
+                      start / "model.pt", "--warmup-epochs", 1, "--max-steps", 1, "--no-progress",
+                      "--out", tmp_path / "warm"])
+    assert "weights: frozen needs mode: single and warmup_epochs: 0" in r.stderr
