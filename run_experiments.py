@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -43,17 +44,25 @@ from runner.config import ExperimentConfig, load_config
 from runner.console import Console, run_stage, stop_on_sigterm
 from runner.experiment import Experiment
 from runner.report import Report
+from runner.schedule import Scheduler, Task, current_scheduler
 from training.cli import HelpFormatter, add_debug_flag, run_main
 
 log = logging.getLogger("run_experiments")
 PY = sys.executable
 def run(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "") -> None:
     """Run a stage; its output goes to ``log_file`` (progress bars to the console); a failure stops the
-    runner with that log's tail."""
+    runner with that log's tail. Under ``--jobs`` (a task of :mod:`runner.schedule`) the console lines name
+    the task and the stage gets its share of the CPU threads (``OMP_NUM_THREADS``)."""
+    sched, env = current_scheduler(), None
+    if sched is not None:
+        if sched.stopping.is_set():
+            raise RuntimeError("the runner is stopping")
+        label = f"{threading.current_thread().name}: {label.strip()}"
+        env = dict(os.environ, OMP_NUM_THREADS=str(sched.stage_threads()))
     log.info("$ %s", " ".join(cmd))
     if console is not None:
-        console.line(f"    {label} ...")
-    secs = run_stage(cmd, log_file, console, label.strip())
+        console.line(f"    {label} ..." + (f" ({env['OMP_NUM_THREADS']} thread(s))" if env else ""))
+    secs = run_stage(cmd, log_file, console, label.strip(), env=env)
     log.info("   done in %.0f s", secs)
     if console is not None:
         console.line(f"    {label} done in {secs:.0f} s")
@@ -253,8 +262,7 @@ class Runner:
 
     def search_subnet(self, s) -> Path:
         """``subnet.pt`` of the search that gave ``s`` its genotype (its own, or ``genotype_from``'s)."""
-        src = s.genotype_from or s.name
-        f = self.exp.sys_dir(src) / "search" / "subnet.pt"
+        src, f = s.genotype_from or s.name, self.search_subnet_path(s)
         if not f.is_file():
             raise RuntimeError(f"system {s.name}: finetune_from_search needs {f}, which {src}'s search writes "
                                f"at its end (a search run before subnet.pt existed: rerun it)")
@@ -436,7 +444,9 @@ class Runner:
                 self.report.write_system_table([self.report.system_row(am, l) for am, l in done])
         return rows
 
-    def run_all(self, only: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    def run_all(self, only: Optional[List[str]] = None, jobs: int = 1) -> List[Dict[str, Any]]:
+        """Run every unfinished system (``only``: these, in this order; "lm": the LM part), one at a time,
+        or with ``jobs`` > 1 as many side by side as their inputs allow (:meth:`run_parallel`)."""
         systems = self.cfg.systems
         order = sorted(systems, key=lambda s: s.kind != "fp32")  # fp32 first: others refer to it
         if only:
@@ -447,47 +457,174 @@ class Runner:
             order = [by_name[n] for n in only if n != "lm"]
         if not any(s.kind == "fp32" for s in systems):
             raise ValueError("the systems list needs an fp32 system (the reference of every comparison)")
-        rows, busy = [], []
+        with_lm = self.cfg.lm is not None and (not only or "lm" in only)
         todo = [s.name for s in order if not self.exp.finished(s)]
         if todo:
             self.console.line(f"{len(todo)} of {len(order)} systems to run: {', '.join(todo)} (logs: {self.exp.out}/<system>/log.txt)")
+        if jobs > 1:
+            busy = self.run_parallel(order, todo, jobs, with_lm)
+        else:
+            busy = self.run_serial(order, todo)
+        rows = self.finished_rows()
+        if rows:  # once more with every row fresh (rows written early lacked the later reference's tests),
+            # and with every finished system of the config: a run with --only does not shrink the table
+            self.report.write_table(rows)
+        if with_lm:
+            if jobs > 1:
+                self.write_lm_table()
+            else:
+                self.run_lm_part()
+        if rows:  # the last lines: where the table, the plot and the TensorBoard logs are
+            self.report.show_ending()
+        if busy:
+            self.console.line(f"not in the table yet (run by another runner): {', '.join(busy)}; rerun to complete it")
+        return rows
+
+    def run_serial(self, order, todo: List[str]) -> List[str]:
+        """The systems one after the other; returns those left to another runner."""
+        rows, busy = [], []
         for s in order:
             if not self.exp.finished(s) and self.needs_fp32(s) and not self.exp.finished_named("fp32"):
                 self.console.line(f"{s.name} waits for the fp32 baseline (not finished yet): skipped here")
                 busy.append(s.name)
                 continue
             if not self.exp.finished(s):
-                lock = SystemLock(self.exp.sys_dir(s.name))
-                if not lock.acquire():
-                    self.console.line(f"{s.name} is being run by another runner: skipped here")
+                if not self.run_system(s, todo):
                     busy.append(s.name)
                     continue
-                try:
-                    log.info("=== system %s (%s)", s.name, s.kind)
-                    self.console.line(f"[{todo.index(s.name) + 1}/{len(todo)}] {s.name} ({s.kind})")
-                    t0 = time.time()
-                    g = self.genotype(s)
-                    self.retrain(s, g)
-                    self.decode(s)
-                finally:
-                    lock.release()
-                self.console.line(f"    => {self.report.result_line(self.report.row(s))} ({time.time() - t0:.0f} s)")
             else:  # a runner killed after the system's last stage, before releasing its lock, left it
                 lock = SystemLock(self.exp.sys_dir(s.name))
                 if lock.path.is_file() and lock.stale():
                     lock.release()
             rows.append(self.report.row(s))
             self.report.write_table(rows, show=False)
-        if rows:  # once more with every row fresh (rows written early lacked the later reference's tests),
-            # and with every finished system of the config: a run with --only does not shrink the table
-            rows = self.finished_rows()
-            self.report.write_table(rows)
-        if self.cfg.lm is not None and (not only or "lm" in only):
-            self.run_lm_part()
-        if rows:  # the last lines: where the table, the plot and the TensorBoard logs are
-            self.report.show_ending()
-        if busy:
-            self.console.line(f"not in the table yet (run by another runner): {', '.join(busy)}; rerun to complete it")
+        return busy
+
+    def run_system(self, s, todo: List[str]) -> bool:
+        """Every stage of system ``s`` (genotype, fine-tunings and exports, decodes) under its lock; False
+        when another runner holds the lock."""
+        lock = SystemLock(self.exp.sys_dir(s.name))
+        if not lock.acquire():
+            self.console.line(f"{s.name} is being run by another runner: skipped here")
+            return False
+        try:
+            log.info("=== system %s (%s)", s.name, s.kind)
+            self.console.line(f"[{todo.index(s.name) + 1}/{len(todo)}] {s.name} ({s.kind})")
+            t0 = time.time()
+            g = self.genotype(s)
+            self.retrain(s, g)
+            self.decode(s)
+        finally:
+            lock.release()
+        self.console.line(f"    => {self.report.result_line(self.report.row(s))} ({time.time() - t0:.0f} s)")
+        return True
+
+    # ----------------------------------------------------------------- side by side (--jobs)
+    def system_inputs(self, s) -> List[tuple]:
+        """(what, file) pairs: the files of other systems that system ``s``'s stages read."""
+        need = []
+        if self.needs_fp32(s):
+            need.append(("fp32", self.exp.sys_dir("fp32") / "size.json"))
+        if s.genotype_from:  # the source's genotype; finetune_from_search: its search's subnet.pt too
+            need.append((f"{s.genotype_from}'s genotype", self.exp.sys_dir(s.genotype_from) / "genotype_in.json"))
+            if s.finetune_from_search:
+                need.append((f"{s.genotype_from}'s search", self.search_subnet_path(s)))
+        if s.search_from:
+            need.append((s.search_from, self.exp.sys_dir(s.search_from) / "size.json"))
+        if s.kind == "onnx":
+            need.append((s.onnx_from, self.exp.sys_dir(s.onnx_from) / "size.json"))
+        return need
+
+    def search_subnet_path(self, s) -> Path:
+        return self.exp.sys_dir(s.genotype_from or s.name) / "search" / "subnet.pt"
+
+    def run_parallel(self, order, todo: List[str], jobs: int, with_lm: bool) -> List[str]:
+        """The unfinished systems (and with ``with_lm`` the LM part) as tasks of a
+        :class:`runner.schedule.Scheduler`: each starts once the files it reads exist, ``jobs`` at a time.
+        Searches and sensitivity allocations start first (the fine-tunings that follow them are the
+        longest chains), then the other systems in the config's order, then the LM steps; every task but
+        the fp32 baseline's waits for it, so the baseline runs alone with every thread. Returns the
+        systems left to another runner or never ready."""
+        busy: List[str] = []
+        tasks = []
+        for s in order:
+            if self.exp.finished(s):
+                continue
+            need = self.system_inputs(s)
+            if s.kind != "fp32" and not any(w == "fp32" for w, _ in need):
+                need.append(("fp32", self.exp.sys_dir("fp32") / "size.json"))
+
+            def body(s=s):
+                if not self.run_system(s, todo):
+                    busy.append(s.name)
+
+            tasks.append(Task(s.name, body, ready=lambda need=need: all(f.is_file() for _, f in need),
+                              waits_for=", ".join(w for w, _ in need)))
+        searches_first = sorted(tasks, key=lambda t: not self.makes_genotype(t.name))
+        if with_lm:
+            searches_first += self.lm_tasks()
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or (os.cpu_count() or 1)
+        never = Scheduler(jobs=jobs, threads=threads).run(searches_first)
+        for t in never:
+            self.console.line(f"{t.name} waits for {t.waits_for} (not made by this run): skipped here")
+            busy.append(t.name)
+        return busy
+
+    def makes_genotype(self, name: str) -> bool:
+        s = next((s for s in self.cfg.systems if s.name == name), None)
+        return s is not None and s.kind in ("nas", "kl", "hessian") and not s.genotype_from \
+            and not (self.exp.sys_dir(s.name) / "genotype_in.json").is_file()
+
+    def lm_tasks(self) -> List[Task]:
+        """Two tasks per LM: make it (train or quantize), then rescore every acoustic system's n-best lists
+        with it (the fp32 LM's rescoring makes the lists, so the others wait for it)."""
+        lm, first, tasks = self.cfg.lm, self.exp.lm_systems()[0], []
+        fp32_am = self.exp.sys_dir("fp32") / "size.json"
+
+        def made(l) -> bool:
+            return (self.exp.lm_dir(l.name) / "size.json").is_file() and (self.exp.lm_dir(l.name) / "ppl.json").is_file()
+
+        def rescored(l) -> bool:
+            return all((self.exp.rescore_dir(am, l.name) / "rescore.json").is_file() for am in lm.acoustic)
+
+        def locked(l, what, fn):
+            lock = SystemLock(self.exp.lm_dir(l.name))
+            if not lock.acquire():
+                self.console.line(f"LM {l.name} is being run by another runner: skipped here")
+                return
+            try:
+                self.console.line(f"LM {l.name} ({l.kind}): {what}")
+                fn()
+            finally:
+                lock.release()
+
+        for l in self.exp.lm_systems():
+            if not made(l):
+                # the AM's fp32 baseline first: it runs alone with every thread
+                ready = (lambda: fp32_am.is_file()) if l is first else (lambda: made(first) and fp32_am.is_file())
+                tasks.append(Task(f"LM {l.name}", lambda l=l: locked(l, "make", lambda: self.run_lm(l)),
+                                  ready=ready, waits_for="the fp32 AM" + ("" if l is first else f" and LM {first.name}")))
+            if not rescored(l):
+                def rescore_all(l=l):
+                    for am in lm.acoustic:
+                        self.run_rescore(am, l)
+
+                ready = (lambda l=l: made(l) and all(self.exp.finished_named(a) for a in lm.acoustic)
+                         and (l is first or rescored(first)))
+                tasks.append(Task(f"LM {l.name} rescoring", lambda l=l, f=rescore_all: locked(l, "rescore", f),
+                                  ready=ready, after=[f"LM {l.name}"], waits_for=f"LM {l.name} and AM(s) {', '.join(lm.acoustic)}"
+                                  + ("" if l is first else f" rescored with LM {first.name}")))
+        return tasks
+
+    def write_lm_table(self) -> List[Dict[str, Any]]:
+        """The system table, when every LM has rescored every acoustic system."""
+        lm = self.cfg.lm
+        pairs = [(am, l) for am in lm.acoustic for l in self.exp.lm_systems()]
+        if not all((self.exp.rescore_dir(am, l.name) / "rescore.json").is_file() for am, l in pairs):
+            self.console.line("LM systems not finished; rerun to complete the system table")
+            return []
+        rows = [self.report.system_row(am, l) for am, l in pairs]
+        self.report.write_system_table(rows)
         return rows
 
     def needs_fp32(self, s) -> bool:
@@ -513,6 +650,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default=None, metavar="A:B,...",
                    help="only print WER changes of finished systems A against B on every evaluated set, with "
                         "MAPSSWE and paired-bootstrap p-values (runs nothing, writes nothing)")
+    p.add_argument("--jobs", type=int, default=1, help="systems run side by side when their inputs allow "
+                   "(each stage gets an equal share of OMP_NUM_THREADS, else of the CPUs); 1: one at a time")
     p.add_argument("--quiet", action="store_true", help="print only the table (no stage lines, no progress bars)")
     add_debug_flag(p)
     args = p.parse_args(argv)
@@ -532,7 +671,9 @@ def main(argv=None) -> int:
         runner.table_only()
         runner.report.show_ending()
     else:
-        runner.run_all(args.only.split(",") if args.only else None)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        runner.run_all(args.only.split(",") if args.only else None, jobs=args.jobs)
     return 0
 
 

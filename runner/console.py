@@ -2,8 +2,11 @@
 
 :class:`Console` prints one line when a stage starts and when it ends, one result line per finished
 system, and (on a terminal only) a live progress line: the stage's own progress bar (epoch/step, ETA)
-forwarded from its stderr. ``quiet`` prints nothing. Everything a stage writes still goes to its log
-file; progress-bar frames (carriage-return updates) go only to the console.
+forwarded from its stderr; with several stages running at once (``run_experiments.py --jobs``), the
+live line holds each one's latest frame. ``quiet`` prints nothing. Everything a stage writes still goes
+to its log file; progress-bar frames (carriage-return updates) go only to the console. Every stage
+started by :func:`run_stage` is registered until it ends, so :func:`stop_all_stages` can stop the ones
+still running when the runner stops.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import List, Optional, TextIO
+from typing import Dict, List, Optional, TextIO
 
 _BAR = re.compile(r"\d+%\||\d+/\d+ \[")  # a tqdm frame: "45%|####  | 9/20 [00:10<00:12, ...]"
 
@@ -27,20 +31,38 @@ class Console:
         isatty = getattr(self.stream, "isatty", None)
         self.live = (not quiet) and bool(isatty and isatty())
         self._bar_shown = False
+        self._frames: Dict[str, str] = {}  # the latest progress frame of each running stage
+        self._lock = threading.Lock()  # stages running in several threads print through one console
 
     def line(self, text: str) -> None:
         """A line that stays (stage started/finished, results)."""
         if self.quiet:
             return
-        self._clear()
-        print(text, file=self.stream, flush=True)
+        with self._lock:
+            self._clear()
+            print(text, file=self.stream, flush=True)
+            self._draw()
 
-    def progress(self, text: str) -> None:
-        """Replace the live progress line (terminal only)."""
+    def progress(self, text: str, key: str = "") -> None:
+        """Replace stage ``key``'s frame in the live progress line (terminal only)."""
         if not self.live:
             return
+        with self._lock:
+            self._frames[key] = text
+            self._draw()
+
+    def progress_done(self, key: str = "") -> None:
+        """Drop stage ``key``'s frame from the live progress line."""
+        with self._lock:
+            if self._frames.pop(key, None) is not None and self.live:
+                self._clear()
+                self._draw()
+
+    def _draw(self) -> None:
+        if not self.live or not self._frames:
+            return
         width = shutil.get_terminal_size((100, 20)).columns
-        self.stream.write("\r" + text[: max(10, width - 1)] + "\x1b[K")
+        self.stream.write("\r" + " | ".join(self._frames.values())[: max(10, width - 1)] + "\x1b[K")
         self.stream.flush()
         self._bar_shown = True
 
@@ -50,24 +72,36 @@ class Console:
             self._bar_shown = False
 
 
-def run_stage(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "") -> float:
-    """Run ``cmd``; its stdout and stderr go to ``log_file``, its progress-bar frames to the console
-    (prefixed with ``label``). Returns the seconds it took; a failure raises RuntimeError with the log's
-    tail."""
+_LIVE: "set[subprocess.Popen]" = set()  # stages started by run_stage and not yet ended
+_LIVE_LOCK = threading.Lock()
+
+
+def run_stage(cmd: List[str], log_file: Path, console: Optional[Console] = None, label: str = "",
+              env: Optional[Dict[str, str]] = None) -> float:
+    """Run ``cmd`` (with environment ``env``, default this process's); its stdout and stderr go to
+    ``log_file``, its progress-bar frames to the console (prefixed with ``label``). Returns the seconds it
+    took; a failure raises RuntimeError with the log's tail."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(log_file, "a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE, env=env)
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
         try:
             _forward_output(proc, f, console, label)
+            rc = proc.wait()
         except BaseException:
             # the runner is stopping (Ctrl-C, SIGTERM via stop_on_sigterm, an error): stop the stage too,
             # so no orphan keeps writing into the system's directory
             stop_process(proc)
             raise
-        rc = proc.wait()
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+            if console is not None:
+                console.progress_done(label)
     if rc != 0:
         raise RuntimeError(f"stage failed (exit {rc}): {' '.join(cmd)}: {last_error(log_file)} (log: {log_file})")
     return time.time() - t0
@@ -83,6 +117,14 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def stop_all_stages() -> None:
+    """Stop every stage :func:`run_stage` started that is still running (other threads' stages too)."""
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        stop_process(proc)
 
 
 def stop_on_sigterm() -> None:
@@ -109,7 +151,7 @@ def _forward_output(proc: subprocess.Popen, f, console: Optional[Console], label
             text = seg.decode("utf-8", errors="replace")
             if _BAR.search(text):
                 if console is not None:
-                    console.progress(f"{label} {text.strip()}")
+                    console.progress(f"{label} {text.strip()}", key=label)
                 continue
             if text.strip() or end == b"\n":
                 f.write(text + "\n")

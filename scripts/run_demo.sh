@@ -17,6 +17,9 @@ AUGMENT="${AUGMENT-configs/corpus_telephone_mild.yaml}"
 PREPARE_ARGS="${PREPARE_ARGS---no-speed-perturb}"
 REAL="${REAL:-data/real_asterisk}"
 DEVICE="${DEVICE:-cpu}"
+# systems run side by side once the fp32 baseline is trained, each stage with its share of the threads
+# (run_experiments.py --jobs; JOBS=1: one at a time)
+JOBS="${JOBS:-2}"
 bash scripts/setup.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 # The experiment's stages run with tcmalloc instead of glibc's malloc: a training step allocates and frees
@@ -38,5 +41,5 @@ if [ -n "$TCMALLOC" ]; then
   PRELOAD="$TCMALLOC${PRELOAD:+:$PRELOAD}"
   echo "[run_demo] allocator for the experiment: $TCMALLOC"
 fi
-LD_PRELOAD="$PRELOAD" .venv/bin/python run_experiments.py --config "$CONFIG" --device "$DEVICE"
+LD_PRELOAD="$PRELOAD" .venv/bin/python run_experiments.py --config "$CONFIG" --device "$DEVICE" --jobs "$JOBS"
 echo "[run_demo] finished in $(( $(date +%s) - T0 )) s; table: $(.venv/bin/python -c "import yaml,sys; c=yaml.safe_load(open('$CONFIG')); print(c.get('out','exp/'+'$CONFIG'.split('/')[-1].rsplit('.',1)[0]))")/results.md"

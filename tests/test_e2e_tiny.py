@@ -21,7 +21,8 @@ def test_runner_search_retrain_export_decode_table(tiny_corpus, small_train_conf
         "  - {name: nas_r8_onnx, kind: onnx, onnx_from: nas_r8}\n"
     )
     out = tmp_path / "exp"
-    r = run_cli(["run_experiments.py", "--config", cfg, "--out", out])
+    # two systems at a time, as scripts/run_demo.sh runs them
+    r = run_cli(["run_experiments.py", "--config", cfg, "--out", out, "--jobs", "2"])
     # the console names every system and stage, gives one result line per system, and ends with the
     # table (stdout), the plot and the TensorBoard command (stderr)
     err = r.stderr
