@@ -4,10 +4,10 @@ A :class:`Task` is one system's (or one LM step's) chain of stages; it starts on
 (``ready``), and at most ``jobs`` tasks run at once, each in a thread that waits on its stage
 subprocesses. The CPU threads are shared out when a stage starts: :meth:`Scheduler.stage_threads` gives
 it ``threads // (tasks running)``, at least 1, so a stage that runs alone (the fp32 baseline every other
-system starts from) gets them all, and two stages side by side get half each. On 2 cores, two 1-thread
-training stages side by side take 0.83x the time of the same two run one after the other with 2 threads
-each (two 3-epoch fine-tunings of the demo network: 75 s against 90 s), and single-threaded work
-(process start-up, decoding) overlaps fully.
+system starts from) gets them all, and two stages side by side get half each. One training stage's
+threads do not scale linearly, so on 2 cores two 1-thread fine-tunings side by side finish sooner than
+the same two in turn with 2 threads each (``bench/bench_jobs.py``), and single-threaded work (process
+start-up, decoding) overlaps fully.
 
 The first task that fails stops the stages still running (:func:`runner.console.stop_all_stages`), and
 its error is raised once every thread has ended; so is a Ctrl-C or SIGTERM. Nothing else changes: each

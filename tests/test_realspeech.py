@@ -171,3 +171,31 @@ def test_verify_transcripts_cli_writes_a_report(tiny_corpus, small_train_config,
     assert dev["shuffled"]["utterances"] == n_dev and math.isfinite(dev["shuffled"]["median"])
     assert dev["duration_check"]["utterances"] == n_dev
     assert not Path(str(out) + ".tmp").exists()
+
+
+def test_render_check_set_reads_the_same_transcripts_in_the_tts_test_voices(tmp_path):
+    """scripts/render_check_set.py: every check-set utterance keeps its id and words, read at 8 kHz by the
+    synthetic corpus's test voices, prepared like the check set."""
+    import prepare_data
+    from lhotse import CutSet
+
+    from corpus import tts
+    from tests.conftest import run_cli
+
+    src = tmp_path / "src"
+    fake_asterisk(src / "root")
+    real = tmp_path / "real"
+    assert prepare_data.main(["--corpus", "asterisk", "--source-dir", str(src), "--out", str(real), "--jobs", "1",
+                              "--quiet", "--oov", "skip"]) == 0
+    out = tmp_path / "rendered"
+    run_cli(["scripts/render_check_set.py", "--real", real, "--out", out])
+    voices = {v.id for v in tts.speakers_for_split("test")}
+    for split in ("dev", "test"):
+        want = {c.id: c.supervisions[0].text for c in CutSet.from_file(real / f"cuts_{split}.jsonl.gz")}
+        got = CutSet.from_file(out / f"cuts_{split}.jsonl.gz")
+        assert {c.id: c.supervisions[0].text for c in got} == want
+        assert {c.supervisions[0].speaker for c in got} <= voices
+        for c in got:
+            info = sf.info(str(tmp_path / "rendered_raw" / "wav" / split / f"{c.id}.wav"))
+            assert info.samplerate == 8000 and info.duration > 0.2
+    assert json.loads((out / "summary.json").read_text())["sample_rate"] == 16000
