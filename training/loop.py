@@ -29,6 +29,7 @@ from tqdm import tqdm
 from training import checkpoint as ckpt
 from training.data import ResumableBatches
 from training.distributed import DistInfo, all_reduce_sum, average_buffers
+from training.specaugment import SpecAugment
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class TrainOptions:
     # at most max(1, floor(max_skip_fraction * batches per epoch)) batches; one more ends the run with
     # an error. At least one is always tolerated, so one bad utterance does not stop a small corpus.
     max_skip_fraction: float = 0.01
+    # SpecAugment masks on the training features (training/specaugment.py), e.g. {freq_masks: 2,
+    # freq_width: 8, time_masks: 2, time_width: 20}; null: none
+    spec_augment: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainOptions":
@@ -96,6 +100,7 @@ class TrainOptions:
                 raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)!r}")
         if not 0 <= self.max_skip_fraction <= 1:
             raise ValueError(f"train.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction!r}")
+        SpecAugment.from_dict(self.spec_augment)
 
 
 class TooManySkippedBatches(RuntimeError):
@@ -276,8 +281,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def forward_loss(self, batch, train: bool = True):
-        feats = batch["feats"].to(self.device)
-        lengths = batch["lengths"].to(self.device)
+        feats = batch["feats"]
+        lengths = batch["lengths"]
+        augment = SpecAugment.from_dict(self.opts.spec_augment) if train else None
+        if augment is not None:  # the network's input only: hooks (distillation) see the batch as it is
+            feats = augment(feats, lengths, self.opts.seed, self.step)
+        feats, lengths = feats.to(self.device), lengths.to(self.device)
         model = self.model if train else self.raw_model
         chain, xent, out_lengths = model(feats, lengths)
         graphs = self.compiler.compile(batch["texts"])
