@@ -492,13 +492,18 @@ class Runner:
                 if not self.run_system(s, todo):
                     busy.append(s.name)
                     continue
-            else:  # a runner killed after the system's last stage, before releasing its lock, left it
-                lock = SystemLock(self.exp.sys_dir(s.name))
-                if lock.path.is_file() and lock.stale():
-                    lock.release()
+            else:
+                self.release_stale_lock(s)
             rows.append(self.report.row(s))
             self.report.write_table(rows, show=False)
         return busy
+
+    def release_stale_lock(self, s) -> None:
+        """Remove finished system ``s``'s lock if its runner is gone (killed after the system's last
+        stage, before releasing it)."""
+        lock = SystemLock(self.exp.sys_dir(s.name))
+        if lock.path.is_file() and lock.stale():
+            lock.release()
 
     def run_system(self, s, todo: List[str]) -> bool:
         """Every stage of system ``s`` (genotype, fine-tunings and exports, decodes) under its lock; False
@@ -549,6 +554,7 @@ class Runner:
         tasks = []
         for s in order:
             if self.exp.finished(s):
+                self.release_stale_lock(s)
                 continue
             need = self.system_inputs(s)
             if s.kind != "fp32" and not any(w == "fp32" for w, _ in need):
