@@ -316,7 +316,7 @@ class Runner:
     def run_lm(self, l) -> None:
         """Train the float LM (train_lm.py) or quantize it (quantize_lm.py) into out/lm/<name>."""
         d = self.exp.lm_dir(l.name)
-        if (d / "size.json").is_file() and (d / "ppl.json").is_file():
+        if self.lm_made(l):
             return
         lm = self.cfg.lm
         if l.kind == "fp32":
@@ -379,9 +379,17 @@ class Runner:
         run(cmd + [str(a) for a in lm.rescore_args], d / "log.txt", self.console,
             f"rescore {am} with LM {l.name}")
 
+    def lm_made(self, l) -> bool:
+        """LM ``l`` is trained or quantized (its size and perplexity written)."""
+        d = self.exp.lm_dir(l.name)
+        return (d / "size.json").is_file() and (d / "ppl.json").is_file()
+
+    def lm_rescored(self, l) -> bool:
+        """Every acoustic system's n-best lists are rescored with LM ``l``."""
+        return all((self.exp.rescore_dir(am, l.name) / "rescore.json").is_file() for am in self.cfg.lm.acoustic)
+
     def lm_finished(self, l) -> bool:
-        return (self.exp.lm_dir(l.name) / "size.json").is_file() and (self.exp.lm_dir(l.name) / "ppl.json").is_file() \
-            and all((self.exp.rescore_dir(am, l.name) / "rescore.json").is_file() for am in self.cfg.lm.acoustic)
+        return self.lm_made(l) and self.lm_rescored(l)
 
     def run_lm_part(self) -> List[Dict[str, Any]]:
         """Every LM system with its rescoring of every acoustic system, then the system table. Each LM is
@@ -406,9 +414,7 @@ class Runner:
             try:
                 self.console.line(f"LM {l.name} ({l.kind})")
                 self.run_lm(l)
-                lists_ready = all((self.exp.rescore_dir(am, first.name) / "rescore.json").is_file()
-                                  for am in lm.acoustic)
-                if l is first or lists_ready:
+                if l is first or self.lm_rescored(first):  # its n-best lists exist
                     for am in lm.acoustic:
                         self.run_rescore(am, l)
                 else:
@@ -419,9 +425,7 @@ class Runner:
         if left:
             self.console.line(f"LM systems not finished here: {', '.join(left)}; rerun to complete the system table")
             return []
-        rows = [self.report.system_row(am, l) for am in lm.acoustic for l in self.exp.lm_systems()]
-        self.report.write_system_table(rows)
-        return rows
+        return self.write_lm_table()
 
     def finished_rows(self) -> List[Dict[str, Any]]:
         """A row for every finished system of the config, in the config's order."""
@@ -587,12 +591,6 @@ class Runner:
         lm, first, tasks = self.cfg.lm, self.exp.lm_systems()[0], []
         fp32_am = self.exp.sys_dir("fp32") / "size.json"
 
-        def made(l) -> bool:
-            return (self.exp.lm_dir(l.name) / "size.json").is_file() and (self.exp.lm_dir(l.name) / "ppl.json").is_file()
-
-        def rescored(l) -> bool:
-            return all((self.exp.rescore_dir(am, l.name) / "rescore.json").is_file() for am in lm.acoustic)
-
         def locked(l, what, fn):
             lock = SystemLock(self.exp.lm_dir(l.name))
             if not lock.acquire():
@@ -605,18 +603,18 @@ class Runner:
                 lock.release()
 
         for l in self.exp.lm_systems():
-            if not made(l):
+            if not self.lm_made(l):
                 # the AM's fp32 baseline first: it runs alone with every thread
-                ready = (lambda: fp32_am.is_file()) if l is first else (lambda: made(first) and fp32_am.is_file())
+                ready = (lambda: fp32_am.is_file()) if l is first else (lambda: self.lm_made(first) and fp32_am.is_file())
                 tasks.append(Task(f"LM {l.name}", lambda l=l: locked(l, "make", lambda: self.run_lm(l)),
                                   ready=ready, waits_for="the fp32 AM" + ("" if l is first else f" and LM {first.name}")))
-            if not rescored(l):
+            if not self.lm_rescored(l):
                 def rescore_all(l=l):
                     for am in lm.acoustic:
                         self.run_rescore(am, l)
 
-                ready = (lambda l=l: made(l) and all(self.exp.finished_named(a) for a in lm.acoustic)
-                         and (l is first or rescored(first)))
+                ready = (lambda l=l: self.lm_made(l) and all(self.exp.finished_named(a) for a in lm.acoustic)
+                         and (l is first or self.lm_rescored(first)))
                 tasks.append(Task(f"LM {l.name} rescoring", lambda l=l, f=rescore_all: locked(l, "rescore", f),
                                   ready=ready, after=[f"LM {l.name}"], waits_for=f"LM {l.name} and AM(s) {', '.join(lm.acoustic)}"
                                   + ("" if l is first else f" rescored with LM {first.name}")))

@@ -151,6 +151,7 @@ class Trainer:
                  params: Optional[List[torch.nn.Parameter]] = None, tb_writer=None,
                  show_progress: bool = True):
         self.opts = opts
+        self.spec_augment = SpecAugment.from_dict(opts.spec_augment)  # None: no masks
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
         self.dist = dist_info or DistInfo()
@@ -283,9 +284,8 @@ class Trainer:
     def forward_loss(self, batch, train: bool = True):
         feats = batch["feats"]
         lengths = batch["lengths"]
-        augment = SpecAugment.from_dict(self.opts.spec_augment) if train else None
-        if augment is not None:  # the network's input only: hooks (distillation) see the batch as it is
-            feats = augment(feats, lengths, self.opts.seed, self.step)
+        if train and self.spec_augment is not None:  # the network's input only: hooks see the batch as it is
+            feats = self.spec_augment(feats, lengths, self.opts.seed, self.step)
         feats, lengths = feats.to(self.device), lengths.to(self.device)
         model = self.model if train else self.raw_model
         chain, xent, out_lengths = model(feats, lengths)
