@@ -4,6 +4,7 @@
   python decode.py --model exp/x/model.pt --data-dir data/synth_demo --split test --out exp/x/decode_test
   python decode.py --build-graph-only --data-dir data/synth_demo [--lm-order 3]
   python decode.py ... --sweep-dev            # tune acoustic scale / LM weight on dev first
+  python decode.py ... --sweep-dev --sweep-word-insertion-penalties 0,1,2,4   # and the insertion penalty
   python decode.py ... --compare exp/base/decode_test   # significance against a baseline's hyps
 
 Writes hyps.txt, refs.txt, alignments.txt, per_utt.jsonl, wer.json (and sweep.json,
@@ -51,9 +52,14 @@ def parse_args(argv=None):
     ap.add_argument("--max-active", type=int, default=7000)
     ap.add_argument("--lattice-beam", type=float, default=8.0)
     ap.add_argument("--lattice", action="store_true", help="LatticeSimpleDecoder instead of FasterDecoder")
-    ap.add_argument("--sweep-dev", action="store_true", help="tune acoustic scale (and LM weight) on dev")
+    ap.add_argument("--word-insertion-penalty", type=float, default=0.0,
+                    help="graph cost added per hypothesised word (> 0: fewer insertions, more deletions)")
+    ap.add_argument("--sweep-dev", action="store_true",
+                    help="tune acoustic scale (and LM weight, word insertion penalty) on dev")
     ap.add_argument("--sweep-acoustic-scales", default="0.5,0.7,0.85,1.0,1.2,1.5")
     ap.add_argument("--sweep-lm-weights", default="", help="comma list; rescoring raw lattices")
+    ap.add_argument("--sweep-word-insertion-penalties", default="",
+                    help="comma list tried with every acoustic scale (default: --word-insertion-penalty only)")
     ap.add_argument("--compare", help="baseline decode dir (hyps.txt) for MAPSSWE + paired bootstrap")
     add_model_run_args(ap)
     add_debug_flag(ap)
@@ -114,7 +120,8 @@ def main(argv=None):
         return cuts, outs, time.time() - t0
 
     cfg = DecoderConfig(acoustic_scale=args.acoustic_scale, beam=args.beam, max_active=args.max_active,
-                        lattice_beam=args.lattice_beam, lattice=args.lattice)
+                        lattice_beam=args.lattice_beam, lattice=args.lattice,
+                        word_insertion_penalty=args.word_insertion_penalty)
     out_dir = args.out or os.path.join("exp", f"decode_{args.split}")
     os.makedirs(out_dir, exist_ok=True)
     extra = {"words_without_model_phones": len(dropped_words)}
@@ -126,11 +133,14 @@ def main(argv=None):
             extra["sweep_failed_utterances"] = failure_list(dev_failed)
         scales = [float(x) for x in args.sweep_acoustic_scales.split(",") if x]
         lmws = [float(x) for x in args.sweep_lm_weights.split(",") if x] or None
-        res = sweep(douts, cut_references(dcuts), graph, scales, lmws, cfg, progress)
+        wips = [float(x) for x in args.sweep_word_insertion_penalties.split(",") if x] or None
+        res = sweep(douts, cut_references(dcuts), graph, scales, lmws, cfg, progress, wips)
         with open(os.path.join(out_dir, "sweep.json"), "w") as f:
             json.dump(res, f, indent=1)
         cfg.acoustic_scale = res["best"]["acoustic_scale"]
-        extra["sweep_best"] = {k: res["best"][k] for k in ("acoustic_scale", "lm_weight", "wer")}
+        cfg.word_insertion_penalty = res["best"]["word_insertion_penalty"]
+        extra["sweep_best"] = {k: res["best"][k]
+                               for k in ("acoustic_scale", "word_insertion_penalty", "lm_weight", "wer")}
         if lmws:  # an LM weight w equals acoustic scale a / w with graph weight 1 (up to beams)
             cfg.acoustic_scale = res["best"]["acoustic_scale"] / res["best"]["lm_weight"]
         log.info("dev sweep best: %s", extra["sweep_best"])

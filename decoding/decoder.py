@@ -1,7 +1,8 @@
 """Decode network outputs with an HCLG graph (kaldi-decoder), and decode lhotse cuts with a model.
 
 Network output: a [T, num_pdfs] matrix of unnormalised log pseudo-likelihoods (chain models) or
-log-posteriors. The decoder maximises  acoustic_scale * sum_t y(t, pdf_t) - graph_cost.
+log-posteriors. The decoder maximises  acoustic_scale * sum_t y(t, pdf_t) - graph_cost
+- word_insertion_penalty * (number of words).
 Graph input label i reads column i - 1 (``DecodableCtc``), matching decoding/graph.py.
 
 An utterance that cannot be decoded (features that cannot be loaded or are non-finite, a non-finite
@@ -31,6 +32,12 @@ class DecoderConfig:
     min_active: int = 200
     lattice_beam: float = 8.0
     lattice: bool = False  # True: LatticeSimpleDecoder (needed for LM-weight sweeps)
+    word_insertion_penalty: float = 0.0  # added to the graph cost of every hypothesised word
+
+
+def _fst(graph, cfg: DecoderConfig):
+    """The graph's HCLG, with the config's word insertion penalty on its word arcs when it has one."""
+    return graph.penalized_fst(cfg.word_insertion_penalty) if cfg.word_insertion_penalty else graph.fst
 
 
 @dataclass
@@ -75,7 +82,7 @@ def decode_matrix(loglikes, graph, config: Optional[DecoderConfig] = None) -> De
     decodable = kaldi_decoder.DecodableCtc(m)
     if cfg.lattice:
         lat_cfg = kaldi_decoder.LatticeSimpleDecoderConfig(beam=cfg.beam, lattice_beam=cfg.lattice_beam)
-        dec = kaldi_decoder.LatticeSimpleDecoder(graph.fst, lat_cfg)
+        dec = kaldi_decoder.LatticeSimpleDecoder(_fst(graph, cfg), lat_cfg)
         dec.decode(decodable)
         ok, best = dec.get_best_path(use_final_probs=True)
         reached = ok
@@ -84,7 +91,7 @@ def decode_matrix(loglikes, graph, config: Optional[DecoderConfig] = None) -> De
     else:
         opts = kaldi_decoder.FasterDecoderOptions(beam=cfg.beam, max_active=cfg.max_active,
                                                   min_active=cfg.min_active)
-        dec = kaldi_decoder.FasterDecoder(graph.fst, opts)
+        dec = kaldi_decoder.FasterDecoder(_fst(graph, cfg), opts)
         dec.decode(decodable)
         reached = dec.reached_final()
         ok, best = dec.get_best_path(use_final_probs=True)
@@ -103,7 +110,7 @@ def raw_lattice(loglikes, graph, config: Optional[DecoderConfig] = None):
     cfg = config or DecoderConfig()
     m = _to_numpy(loglikes) * np.float32(cfg.acoustic_scale)
     dec = kaldi_decoder.LatticeSimpleDecoder(
-        graph.fst, kaldi_decoder.LatticeSimpleDecoderConfig(beam=cfg.beam, lattice_beam=cfg.lattice_beam))
+        _fst(graph, cfg), kaldi_decoder.LatticeSimpleDecoderConfig(beam=cfg.beam, lattice_beam=cfg.lattice_beam))
     dec.decode(kaldi_decoder.DecodableCtc(m))
     ok, lat = dec.get_raw_lattice(use_final_probs=True)
     if not ok or lat.num_states == 0:
@@ -279,26 +286,32 @@ def cut_references(cuts) -> Dict[str, List[str]]:
 def sweep(outputs: Dict[str, np.ndarray], refs: Dict[str, Sequence[str]], graph,
           acoustic_scales: Sequence[float] = (0.5, 0.7, 1.0, 1.2, 1.5),
           lm_weights: Optional[Sequence[float]] = None,
-          config: Optional[DecoderConfig] = None, progress: bool = True) -> dict:
-    """Tune on dev: WER for each acoustic scale (re-decoding); with lm_weights, each acoustic scale's
-    raw lattice is also rescored for every LM weight. Returns {"results": [...], "best": {...}}."""
+          config: Optional[DecoderConfig] = None, progress: bool = True,
+          word_insertion_penalties: Optional[Sequence[float]] = None) -> dict:
+    """Tune on dev: WER for each acoustic scale (re-decoding) and each word insertion penalty (default:
+    the config's); with lm_weights, each acoustic scale's raw lattice is also rescored for every LM
+    weight. Returns {"results": [...], "best": {...}}; ties go to the scale nearest 1, then the smallest
+    penalty."""
     from tqdm import tqdm
 
     base = config or DecoderConfig()
+    penalties = list(word_insertion_penalties) if word_insertion_penalties else [base.word_insertion_penalty]
     results = []
     ids = sorted(outputs)
-    for a in acoustic_scales:
-        cfg = DecoderConfig(**dict(base.__dict__, acoustic_scale=a))
-        if lm_weights:
-            lats = {i: raw_lattice(outputs[i], graph, cfg)
-                    for i in tqdm(ids, desc=f"lattices ac={a}", disable=not progress, leave=False)}
-            for lw in lm_weights:
-                hyps = {i: best_path_with_lm_weight(lats[i], graph, lw) for i in ids}
+    for wip in penalties:
+        for a in acoustic_scales:
+            cfg = DecoderConfig(**dict(base.__dict__, acoustic_scale=a, word_insertion_penalty=wip))
+            row = {"acoustic_scale": a, "word_insertion_penalty": wip}
+            if lm_weights:
+                lats = {i: raw_lattice(outputs[i], graph, cfg)
+                        for i in tqdm(ids, desc=f"lattices ac={a}", disable=not progress, leave=False)}
+                for lw in lm_weights:
+                    hyps = {i: best_path_with_lm_weight(lats[i], graph, lw) for i in ids}
+                    s = corpus_wer({i: refs[i] for i in ids}, hyps)
+                    results.append({**row, "lm_weight": lw, "wer": s["wer"], "summary": s})
+            else:
+                hyps = decode_outputs({i: outputs[i] for i in ids}, graph, cfg, progress=False)
                 s = corpus_wer({i: refs[i] for i in ids}, hyps)
-                results.append({"acoustic_scale": a, "lm_weight": lw, "wer": s["wer"], "summary": s})
-        else:
-            hyps = decode_outputs({i: outputs[i] for i in ids}, graph, cfg, progress=False)
-            s = corpus_wer({i: refs[i] for i in ids}, hyps)
-            results.append({"acoustic_scale": a, "lm_weight": 1.0, "wer": s["wer"], "summary": s})
-    best = min(results, key=lambda r: (r["wer"], abs(r["acoustic_scale"] - 1.0)))
+                results.append({**row, "lm_weight": 1.0, "wer": s["wer"], "summary": s})
+    best = min(results, key=lambda r: (r["wer"], abs(r["acoustic_scale"] - 1.0), r["word_insertion_penalty"]))
     return {"results": results, "best": best}

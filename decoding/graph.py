@@ -294,6 +294,21 @@ def compose_hclg(H, L, G, num_pdfs: int, num_disambig: int, stats: Optional[dict
 
 
 # ----------------------------------------------------------------------------- the graph object
+def add_word_insertion_penalty(fst, penalty: float):
+    """A copy of ``fst`` (tropical) whose arcs with an output label (a word) cost ``penalty`` more."""
+    import kaldifst
+
+    out = fst.copy()
+    for s in range(out.num_states):
+        arcs = [(a.ilabel, a.olabel, float(a.weight.value), a.nextstate) for a in kaldifst.ArcIterator(out, s)]
+        if not any(ol for _, ol, _, _ in arcs):
+            continue
+        out.delete_arcs(s, len(arcs))
+        for il, ol, w, nxt in arcs:
+            out.add_arc(s, kaldifst.StdArc(il, ol, w + penalty if ol else w, nxt))
+    return out
+
+
 def _non_scored(w: str) -> bool:
     return w in ("#0", "<s>", "</s>") or w.startswith("!") or (w[:1], w[-1:]) in (("<", ">"), ("[", "]"))
 
@@ -305,6 +320,7 @@ class DecodingGraph:
     num_pdfs: int
     directory: Optional[str] = None
     info: dict = field(default_factory=dict)
+    _penalized: Dict[float, object] = field(default_factory=dict, repr=False, compare=False)
 
     def ids_to_words(self, ids: Iterable[int]) -> List[str]:
         """Word ids of a best path -> words, without epsilon, #0, <s>, </s> and non-scored tokens
@@ -319,6 +335,19 @@ class DecodingGraph:
     @property
     def word2id(self) -> Dict[str, int]:
         return {w: i for i, w in enumerate(self.words)}
+
+    def penalized_fst(self, word_insertion_penalty: float = 0.0):
+        """The HCLG with ``word_insertion_penalty`` added to the cost of every arc that emits a word
+        (Kaldi's ``lattice-add-penalty``: each hypothesised word costs that much more; positive values
+        favour fewer words). 0 returns ``fst`` itself; other values are built once (a copy) and kept."""
+        p = float(word_insertion_penalty)
+        if p == 0.0:
+            return self.fst
+        if not math.isfinite(p):
+            raise ValueError(f"word insertion penalty must be finite, got {p}")
+        if p not in self._penalized:
+            self._penalized[p] = add_word_insertion_penalty(self.fst, p)
+        return self._penalized[p]
 
     def save(self, directory: Union[str, Path]) -> None:
         d = Path(directory)

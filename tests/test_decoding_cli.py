@@ -93,12 +93,14 @@ def test_decode_split_with_fake_model(tmp_path, monkeypatch):
     assert w["compare"]["delta_wer"] == 0.0 and w["compare"]["mapsswe"]["p_value"] == 1.0
     # dev sweep from a YAML config (acoustic scales x LM weights on raw lattices)
     cfg = tmp_path / "decode.yaml"
-    cfg.write_text("sweep_dev: true\nsweep-acoustic-scales: '0.5,1.0'\nsweep_lm_weights: '1,2'\n")
+    cfg.write_text("sweep_dev: true\nsweep-acoustic-scales: '0.5,1.0'\nsweep_lm_weights: '1,2'\n"
+                   "sweep_word_insertion_penalties: '0,0.5'\n")
     rc = decode.main(["--config", str(cfg), "--model", "fake.pt", "--data-dir", str(d), "--split", "test",
                       "--out", str(tmp_path / "exp" / "c"), "--graph-cache", str(tmp_path / "g"),
                       "--no-progress"])
     sw = json.loads((tmp_path / "exp" / "c" / "sweep.json").read_text())
-    assert len(sw["results"]) == 4 and sw["best"]["wer"] == 0.0
+    assert len(sw["results"]) == 8 and sw["best"]["wer"] == 0.0
+    assert {r["word_insertion_penalty"] for r in sw["results"]} == {0.0, 0.5}
     assert json.loads((tmp_path / "exp" / "c" / "wer.json").read_text())["sweep_best"]["wer"] == 0.0
 
 

@@ -236,3 +236,51 @@ def test_lm_weight_changes_the_answer(graph):
     # acoustics alone: "BE A" (1.5 nats better); a heavy LM: "SEE A" ("SEE A" is a training sentence)
     assert best_path_with_lm_weight(lat, graph, 0.01) == ["BE", "A"]
     assert best_path_with_lm_weight(lat, graph, 20.0) == ["SEE", "A"]
+
+
+@pytest.mark.parametrize("phones,words", [
+    (["S", "IY", "EY", "B", "IY"], ["SEE", "A", "BEE"]),
+    (["SIL", "AH", "SIL", "S", "IY"], ["A", "SEE"]),
+])
+def test_word_insertion_penalty_costs_each_word(graph, phones, words):
+    """Same best path, its cost grows by exactly penalty x number of words (the known cost of
+    test_decode_known_sentence plus the penalty); penalty 0 is the graph itself."""
+    from decoding.graph import add_word_insertion_penalty
+
+    lex = TinyLexicon(LEX)
+    m = loglikes(lex, phones)
+    base = lm_cost(graph, words) + (len(words) + 1) * math.log(2.0)
+    for p in (0.0, 0.5, 2.0):
+        for lattice in (False, True):
+            res = decode_matrix(m, graph, DecoderConfig(word_insertion_penalty=p, lattice=lattice))
+            assert res.words == words
+            assert res.cost == pytest.approx(base + p * len(words), abs=2e-3)
+    assert graph.penalized_fst(0.0) is graph.fst
+    assert graph.penalized_fst(0.5) is graph.penalized_fst(0.5)  # built once
+    # only word arcs change: same states and arcs, total weight moved by penalty x word arcs
+    import kaldifst
+
+    def arcs(f):
+        return [(s, a.ilabel, a.olabel, a.nextstate, float(a.weight.value))
+                for s in range(f.num_states) for a in kaldifst.ArcIterator(f, s)]
+    a0, a1 = arcs(graph.fst), arcs(add_word_insertion_penalty(graph.fst, 1.5))
+    assert [x[:4] for x in a0] == [x[:4] for x in a1]
+    assert all(w1 == pytest.approx(w0 + (1.5 if ol else 0.0)) for (_, _, ol, _, w0), (*_, w1) in zip(a0, a1))
+    with pytest.raises(ValueError):
+        graph.penalized_fst(float("nan"))
+
+
+def test_word_insertion_penalty_removes_weak_words(graph):
+    """Weak acoustics for "S IY AH" (1 nat a frame off the path): a large penalty makes the empty
+    hypothesis (one silence) cheaper than two words; a negative one never removes them."""
+    lex = TinyLexicon(LEX)
+    m = loglikes(lex, ["S", "IY", "AH"], floor=-1.0)
+    assert decode_matrix(m, graph, DecoderConfig(acoustic_scale=10.0)).words == ["SEE", "A"]
+    assert decode_matrix(m, graph, DecoderConfig(acoustic_scale=10.0, word_insertion_penalty=100.0)).words == []
+    assert decode_matrix(m, graph, DecoderConfig(acoustic_scale=10.0, word_insertion_penalty=-1.0)).words == \
+        ["SEE", "A"]
+    outs = {"u": m}
+    res = sweep(outs, {"u": ["SEE", "A"]}, graph, acoustic_scales=(10.0,), progress=False,
+                word_insertion_penalties=(0.0, 100.0))
+    assert [r["word_insertion_penalty"] for r in res["results"]] == [0.0, 100.0]
+    assert [r["wer"] for r in res["results"]] == [0.0, 100.0] and res["best"]["word_insertion_penalty"] == 0.0
