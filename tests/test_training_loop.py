@@ -18,10 +18,11 @@ def _state(path):
 @pytest.mark.parametrize("spec_augment", [False, True])
 def test_kill_and_resume_gives_the_same_parameters(tiny_corpus, small_train_config, tmp_path, spec_augment):
     config = small_train_config
-    if spec_augment:  # its masks are drawn from (seed, step): a resumed run draws the same ones
+    if spec_augment:  # its masks and VTLP's warps are drawn from (seed, step): a resumed run draws the same
         config = tmp_path / "train_specaug.yaml"
         config.write_text(small_train_config.read_text().replace(
-            "train:\n", "train:\n  spec_augment: {freq_masks: 2, freq_width: 8, time_masks: 2, time_width: 20}\n"))
+            "train:\n", "train:\n  spec_augment: {freq_masks: 2, freq_width: 8, time_masks: 2, time_width: 20}\n"
+            "  vtlp: {low: 0.9, high: 1.1}\n"))
     common = ["retrain.py", "--data-dir", tiny_corpus, "--config", config, "--max-steps", 7,
               "--no-progress", "--uniform-bits", 4]
     run_cli(common + ["--out", tmp_path / "straight"])

@@ -30,6 +30,7 @@ from training import checkpoint as ckpt
 from training.data import ResumableBatches
 from training.distributed import DistInfo, all_reduce_sum, average_buffers
 from training.specaugment import SpecAugment
+from training.vtlp import Vtlp
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class TrainOptions:
     # SpecAugment masks on the training features (training/specaugment.py), e.g. {freq_masks: 2,
     # freq_width: 8, time_masks: 2, time_width: 20}; null: none
     spec_augment: Optional[Dict[str, Any]] = None
+    # vocal tract length perturbation of the training features (training/vtlp.py), e.g. {low: 0.9,
+    # high: 1.1}; null: none. Applied before SpecAugment.
+    vtlp: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainOptions":
@@ -101,6 +105,7 @@ class TrainOptions:
         if not 0 <= self.max_skip_fraction <= 1:
             raise ValueError(f"train.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction!r}")
         SpecAugment.from_dict(self.spec_augment)
+        Vtlp.from_dict(self.vtlp)
 
 
 class TooManySkippedBatches(RuntimeError):
@@ -152,6 +157,7 @@ class Trainer:
                  show_progress: bool = True):
         self.opts = opts
         self.spec_augment = SpecAugment.from_dict(opts.spec_augment)  # None: no masks
+        self.vtlp = Vtlp.from_dict(opts.vtlp)  # None: no warping
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
         self.dist = dist_info or DistInfo()
@@ -284,7 +290,11 @@ class Trainer:
     def forward_loss(self, batch, train: bool = True):
         feats = batch["feats"]
         lengths = batch["lengths"]
-        if train and self.spec_augment is not None:  # the network's input only: hooks see the batch as it is
+        if train and self.vtlp is not None:  # the network's input only: hooks see the batch as it is
+            cmvn = getattr(self.train_batches, "cmvn", None)
+            feats = self.vtlp(feats, lengths, self.opts.seed, self.step,
+                              None if cmvn is None else cmvn.mean, None if cmvn is None else cmvn.std)
+        if train and self.spec_augment is not None:
             feats = self.spec_augment(feats, lengths, self.opts.seed, self.step)
         feats, lengths = feats.to(self.device), lengths.to(self.device)
         model = self.model if train else self.raw_model
