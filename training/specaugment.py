@@ -16,6 +16,16 @@ from typing import Any, Dict, Optional
 import torch
 
 
+def check_option_keys(d: Any, cls, key: str) -> None:
+    """Refuse, naming ``key``, a value that is not a mapping or has keys that are not fields of ``cls``."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{key} must be a mapping or null, got {d!r}")
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(d) - known)
+    if bad:
+        raise ValueError(f"unknown {key} option(s) {bad}; known: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class SpecAugment:
     freq_masks: int = 2
@@ -28,12 +38,7 @@ class SpecAugment:
         """None for None; else the options, rejecting unknown keys and values that are not integers >= 0."""
         if d is None:
             return None
-        if not isinstance(d, dict):
-            raise ValueError(f"train.spec_augment must be a mapping or null, got {d!r}")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ValueError(f"unknown train.spec_augment option(s) {bad}; known: {sorted(known)}")
+        check_option_keys(d, cls, "train.spec_augment")
         for k, v in d.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"train.spec_augment.{k} must be an integer >= 0, got {v!r}")

@@ -16,11 +16,13 @@ are left alone. Training only: validation and decoding see the features as they 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+from training.specaugment import check_option_keys
 
 
 def mel(f):
@@ -64,12 +66,7 @@ class Vtlp:
         """None for None; else the options, rejecting unknown keys and bad ranges."""
         if d is None:
             return None
-        if not isinstance(d, dict):
-            raise ValueError(f"train.vtlp must be a mapping or null, got {d!r}")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ValueError(f"unknown train.vtlp option(s) {bad}; known: {sorted(known)}")
+        check_option_keys(d, cls, "train.vtlp")
         for k, v in d.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"train.vtlp.{k} must be a finite number > 0, got {v!r}")
