@@ -622,12 +622,10 @@ class Runner:
 
     def write_lm_table(self) -> List[Dict[str, Any]]:
         """The system table, when every LM has rescored every acoustic system."""
-        lm = self.cfg.lm
-        pairs = [(am, l) for am in lm.acoustic for l in self.exp.lm_systems()]
-        if not all((self.exp.rescore_dir(am, l.name) / "rescore.json").is_file() for am, l in pairs):
+        if not all(self.lm_rescored(l) for l in self.exp.lm_systems()):
             self.console.line("LM systems not finished; rerun to complete the system table")
             return []
-        rows = [self.report.system_row(am, l) for am, l in pairs]
+        rows = [self.report.system_row(am, l) for am in self.cfg.lm.acoustic for l in self.exp.lm_systems()]
         self.report.write_system_table(rows)
         return rows
 
